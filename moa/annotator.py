@@ -1,0 +1,33 @@
+"""`UserQueryAnnotator`: rewrites the last user turn before the first proposal layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from moa.config import DEFAULT_ANNOTATOR_PROMPT
+from moa.layers._call import call_neuron, system_then
+from moa.neurons.base import ChatMessage, Neuron, NeuronRequest
+from moa.result import NeuronResult
+
+__all__ = ["UserQueryAnnotator"]
+
+
+class UserQueryAnnotator:
+    """Asks its neuron to rewrite the query. If the call fails, the original query is used
+    and the failure is recorded in the trace (an optional step never sinks the answer)."""
+
+    def __init__(self, neuron: Neuron) -> None:
+        self.neuron = neuron
+
+    async def annotate(
+        self, history: Sequence[ChatMessage], *, origin: float
+    ) -> tuple[NeuronResult, str | None]:
+        """Return the trace entry and the rewritten query (None if the call failed)."""
+        system = self.neuron.config.prompt or DEFAULT_ANNOTATOR_PROMPT
+        request = NeuronRequest(messages=system_then(system, history), history=tuple(history))
+        result, generation, _ = await call_neuron(
+            self.neuron, request, layer="annotator", index=0, origin=origin
+        )
+        if generation is None:
+            return result, None
+        return result, generation.text.strip() or None

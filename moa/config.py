@@ -1,0 +1,343 @@
+"""The configuration tree (pydantic v2, frozen, unknown keys rejected) and how it is loaded.
+
+`load_config()` accepts a YAML file path, YAML text or a mapping, validates the whole tree
+before anything is built, and raises `ConfigError` naming the file, the key path
+(`proposal_layers[1].neurons[0].temperature`) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from moa._template import placeholders_in
+from moa.errors import ConfigError, PluginError
+
+__all__ = [
+    "AGGREGATION_PLACEHOLDERS",
+    "DEFAULT_AGGREGATION_PROMPT",
+    "DEFAULT_ANNOTATOR_PROMPT",
+    "DEFAULT_REFERENCE_PROMPT",
+    "AggregationLayerConfig",
+    "MoAConfig",
+    "NeuronConfig",
+    "ProposalLayerConfig",
+    "load_config",
+]
+
+AGGREGATION_PLACEHOLDERS = ("user_query", "responses", "response_weights")
+
+DEFAULT_ANNOTATOR_PROMPT = (
+    "You improve questions before a panel of experts answers them. Rewrite the user's latest "
+    "message so that it is clear, specific and self-contained, keeping its intent and "
+    "language. Reply with the rewritten message only."
+)
+
+DEFAULT_REFERENCE_PROMPT = (
+    "You have been provided with a set of responses from various models to the latest user "
+    "query. Synthesize them into a single, high-quality response. Critically evaluate the "
+    "information, recognizing that some of it may be biased or incorrect. Do not simply "
+    "replicate the given answers: offer a refined, accurate and comprehensive reply.\n\n"
+    "Responses from models:\n{responses}"
+)
+
+DEFAULT_AGGREGATION_PROMPT = (
+    "You are an advanced AI aggregator tasked with synthesizing multiple responses into a "
+    "single, high-quality answer.\n"
+    "USER QUERY: {user_query}\n"
+    "RESPONSES:\n{responses}\n"
+    "RESPONSE WEIGHTS:\n{response_weights}"
+)
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class NeuronConfig(BaseModel):
+    """Options every neuron type shares. Each type's `Neuron.Config` subclasses this.
+
+    Validating a mapping against `NeuronConfig` itself picks the subclass registered for its
+    `type` (default `llm`) through the plugin registry.
+    """
+
+    model_config = _STRICT
+
+    type: str = Field(default="llm", description="Neuron type, as registered by a plugin.")
+    name: str | None = Field(default=None, description="Label in traces; default: the model.")
+    prompt: str | None = Field(default=None, description="System prompt of this neuron.")
+    weight: float = Field(
+        default=1.0, ge=0, description="Influence on the aggregate; 0 excludes the answer."
+    )
+
+    @property
+    def label(self) -> str:
+        """Human-readable name: `name`, else the model, else the type."""
+        model = getattr(self, "model", None)
+        return self.name or (model if isinstance(model, str) else None) or self.type
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _dispatch_on_type(
+        cls, data: Any, handler: ModelWrapValidatorHandler[NeuronConfig]
+    ) -> NeuronConfig:
+        if cls is NeuronConfig and isinstance(data, Mapping):
+            type_name = data.get("type", "llm")
+            if not isinstance(type_name, str):
+                raise ValueError(f"'type' must be a string, got {type(type_name).__name__}")
+            from moa.plugins import get_neuron_class
+
+            try:
+                neuron_cls = get_neuron_class(type_name)
+            except PluginError as exc:
+                raise ValueError(str(exc)) from None
+            return neuron_cls.Config.model_validate(data)
+        return handler(data)
+
+
+class ProposalLayerConfig(BaseModel):
+    """One proposal layer: neurons that answer in parallel."""
+
+    model_config = _STRICT
+
+    neurons: list[SerializeAsAny[NeuronConfig]] = Field(min_length=1)
+    reference_prompt: str = Field(
+        default=DEFAULT_REFERENCE_PROMPT,
+        description="Appended to each neuron's system prompt from the second layer on; "
+        "{responses} is replaced by the previous layer's answers.",
+    )
+
+    @field_validator("reference_prompt")
+    @classmethod
+    def _has_responses(cls, value: str) -> str:
+        if "responses" not in placeholders_in(value, ["responses"]):
+            raise ValueError("reference_prompt must contain the placeholder {responses}")
+        return value
+
+
+class AggregationLayerConfig(BaseModel):
+    """The final aggregator: one neuron's options plus how proposals are combined.
+
+    In YAML the neuron's keys (`model`, `prompt`, `temperature`, ...) sit beside
+    `aggregation_prompt`, `shuffle` and `dropout_rate`.
+    """
+
+    model_config = _STRICT
+    _own_keys: ClassVar[frozenset[str]] = frozenset(
+        {"aggregation_prompt", "shuffle", "dropout_rate"}
+    )
+
+    neuron: SerializeAsAny[NeuronConfig]
+    aggregation_prompt: str = Field(
+        default=DEFAULT_AGGREGATION_PROMPT,
+        description="Sent as the last user turn; {user_query}, {responses} and "
+        "{response_weights} are replaced, every other brace is left alone.",
+    )
+    shuffle: bool = Field(default=False, description="Randomise the order of the responses.")
+    dropout_rate: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Chance to drop each response; never drops all."
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _split_neuron_keys(
+        cls, data: Any, handler: ModelWrapValidatorHandler[AggregationLayerConfig]
+    ) -> AggregationLayerConfig:
+        if isinstance(data, Mapping) and "neuron" not in data:
+            own = {k: v for k, v in data.items() if k in cls._own_keys}
+            rest = {k: v for k, v in data.items() if k not in cls._own_keys}
+            data = {**own, "neuron": rest}
+        return handler(data)
+
+    @model_serializer(mode="wrap")
+    def _flatten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        neuron = dumped.pop("neuron", None) or {}
+        return {**neuron, **dumped}
+
+    @field_validator("aggregation_prompt")
+    @classmethod
+    def _has_responses(cls, value: str) -> str:
+        if "responses" not in placeholders_in(value, AGGREGATION_PLACEHOLDERS):
+            raise ValueError(
+                "aggregation_prompt must contain the placeholder {responses} "
+                "(it may also use {user_query} and {response_weights})"
+            )
+        return value
+
+
+class MoAConfig(BaseModel):
+    """A whole mixture: optional annotator, one or more proposal layers, one aggregator."""
+
+    model_config = _STRICT
+
+    use_annotator: bool = Field(default=False, description="Rewrite the query before layer 1.")
+    annotator: SerializeAsAny[NeuronConfig] | None = None
+    proposal_layers: list[ProposalLayerConfig] = Field(min_length=1)
+    aggregation_layer: AggregationLayerConfig
+    seed: int | None = Field(default=None, description="Makes shuffle and dropout reproducible.")
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="Most neuron calls in flight at once; default unbounded."
+    )
+
+    @model_validator(mode="after")
+    def _annotator_present(self) -> MoAConfig:
+        if self.use_annotator and self.annotator is None:
+            raise ValueError("use_annotator is true but no 'annotator' section is given")
+        return self
+
+
+Source = str | Path | Mapping[str, Any]
+
+
+def load_config(source: Source, *, is_file_path: bool | None = None) -> MoAConfig:
+    """Load and validate a config from a file path, YAML text or a mapping.
+
+    `is_file_path=None` treats a `Path` as a file and a `str` as a file when it names an
+    existing file and does not look like YAML.
+    """
+    if isinstance(source, MoAConfig):
+        return source
+    if isinstance(source, Mapping):
+        return _validate(dict(source), "<dict>")
+    if is_file_path is None:
+        is_file_path = isinstance(source, Path) or (
+            "\n" not in source and ":" not in source.replace("\\", "/").split("/")[-1]
+        )
+    if is_file_path:
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}", source=str(path)) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}", source=str(path)) from None
+        return _validate(_parse_yaml(text, str(path)), str(path))
+    return _validate(_parse_yaml(str(source), "<string>"), "<string>")
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}", source=source) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: the config must be a mapping with proposal_layers and aggregation_layer, "
+            f"got {type(data).__name__}",
+            source=source,
+        )
+    return data
+
+
+def _validate(data: dict[str, Any], source: str) -> MoAConfig:
+    try:
+        return MoAConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = [(_key_path(e["loc"]), _explain(e, data)) for e in exc.errors()]
+        lines = "\n".join(f"  {path or '<root>'}: {message}" for path, message in errors)
+        count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
+        raise ConfigError(
+            f"invalid moa config in {source} ({count}):\n{lines}", source=source, errors=errors
+        ) from None
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if part == "neuron" and i > 0 and loc[i - 1] == "aggregation_layer":
+            continue  # the aggregator's neuron keys sit beside its own keys in YAML
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(f".{part}" if parts else str(part))
+    return "".join(parts)
+
+
+def _explain(error: Any, data: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        key = str(error["loc"][-1])
+        allowed = _allowed_keys(tuple(error["loc"][:-1]), data)
+        hint = ""
+        close = difflib.get_close_matches(key, allowed, n=1)
+        if close:
+            hint = f"; did you mean {close[0]!r}?"
+        elif len(error["loc"]) == 1 and key in {"model", "temperature", "prompt"}:
+            hint = "; is it meant to be indented under 'annotator:'?"
+        return f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))}){hint}"
+    if kind == "missing":
+        return "required key is missing"
+    if (
+        "input" in error
+        and kind not in {"model_type", "dict_type"}
+        and not isinstance(error["input"], (dict, list))
+    ):
+        return f"{message} (got {error['input']!r})"
+    return message
+
+
+def _allowed_keys(loc: tuple[int | str, ...], data: Any) -> list[str]:
+    """The keys the model at `loc` accepts, found by walking the raw data alongside the models."""
+    model: Any = MoAConfig
+    for part in loc:
+        if isinstance(data, (list, dict)) and part != "neuron":
+            try:
+                data = data[part]  # type: ignore[index]
+            except (KeyError, IndexError, TypeError):
+                data = None
+        if isinstance(part, int):
+            continue
+        if model is AggregationLayerConfig and part == "neuron":
+            break  # the aggregator's neuron keys live in the aggregation_layer mapping itself
+        field = model.model_fields.get(part) if _is_model(model) else None
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is NeuronConfig:
+            model = _neuron_config_for(data)
+    if model is AggregationLayerConfig:
+        neuron_cls = _neuron_config_for(data)
+        return sorted((set(model.model_fields) - {"neuron"}) | set(neuron_cls.model_fields))
+    return sorted(model.model_fields) if _is_model(model) else []
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _model_of(annotation: Any) -> Any:
+    """The model class inside `list[X]`, `X | None` or `Annotated[X, ...]`."""
+    while get_origin(annotation) is not None and get_origin(annotation) is not Literal:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = args[-1] if args else None
+    return annotation
+
+
+def _neuron_config_for(data: Any) -> type[NeuronConfig]:
+    from moa.plugins import neuron_types
+
+    type_name = data.get("type", "llm") if isinstance(data, Mapping) else "llm"
+    neuron_cls = neuron_types().get(str(type_name))
+    return neuron_cls.Config if neuron_cls is not None else NeuronConfig

@@ -1,0 +1,103 @@
+"""The `Neuron` base class: one abstract async method, `generate`, and a nested `Config`.
+
+A neuron knows nothing of layers or mixtures. It receives a `NeuronRequest` (the chat to
+send, already carrying its system prompt and the previous layer's answers) and returns a
+`Generation`. Per-request state stays out of `self`: one neuron serves concurrent requests.
+
+Failures a caller should survive are raised as `moa.errors.NeuronError` subclasses; any other
+exception is treated as a bug and propagates.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from moa.config import NeuronConfig
+from moa.result import Usage
+from moa.settings import Settings
+
+__all__ = ["ChatMessage", "Generation", "Neuron", "NeuronRequest", "Reference"]
+
+ChatMessage = Mapping[str, str]
+"""A chat turn: `{"role": "system" | "user" | "assistant", "content": str}`."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One answer of the previous layer, as later layers and the aggregator see it."""
+
+    text: str
+    weight: float
+    label: str
+    path: str
+
+
+@dataclass(frozen=True)
+class NeuronRequest:
+    """What a neuron is asked.
+
+    `messages` is the full chat to send (system prompt first, if any). `history` is the
+    conversation without the neuron's own system prompt, and `references` the previous
+    layer's surviving answers, for neurons that want to use them directly.
+    """
+
+    messages: tuple[ChatMessage, ...]
+    history: tuple[ChatMessage, ...] = ()
+    references: tuple[Reference, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A neuron's answer. `usage` and `cost` are None when unknown (never a made-up 0)."""
+
+    text: str
+    usage: Usage | None = None
+    cost: float | None = None
+    model: str | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+class Neuron(ABC):
+    """Base class of every neuron type.
+
+    Subclasses set `Config` to a `NeuronConfig` subclass whose `type` field is a `Literal` of
+    the registered type name, and implement `generate`. `prepare` (once, before the first
+    call) and `aclose` are optional hooks.
+    """
+
+    Config: ClassVar[type[NeuronConfig]] = NeuronConfig
+
+    def __init__(
+        self,
+        config: NeuronConfig,
+        *,
+        settings: Settings | None = None,
+        path: str = "neuron",
+    ) -> None:
+        self.config = config
+        self.settings = settings if settings is not None else Settings()
+        self.path = path
+
+    @property
+    def label(self) -> str:
+        return self.config.label
+
+    @property
+    def weight(self) -> float:
+        return self.config.weight
+
+    async def prepare(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Called once before the first `generate` (e.g. to load a client or a model)."""
+
+    @abstractmethod
+    async def generate(self, request: NeuronRequest) -> Generation:
+        """Answer `request`; raise a `NeuronError` subclass on an expected failure."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Release resources (clients, models)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path} {self.label!r}>"

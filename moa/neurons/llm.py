@@ -1,0 +1,274 @@
+"""`LLMNeuron`: a chat model behind litellm. The only module that imports litellm (lazily).
+
+Routing: a model with a litellm provider prefix (`openai/`, `anthropic/`, `groq/`,
+`ollama/`, `together_ai/`...) goes to litellm as is; a bare name (`meta-llama/...`) goes to
+the OpenAI-compatible endpoint `BASE_URL` with `PROVIDER_API_KEY`. A neuron's own `base_url`
+sends it to that endpoint instead, and `api_key_env` names the variable holding its key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, JsonValue, SecretStr
+
+from moa.config import NeuronConfig
+from moa.errors import (
+    AuthenticationError,
+    InvalidResponseError,
+    MissingCredentialsError,
+    NeuronError,
+    ProviderError,
+    RateLimitError,
+    redact,
+)
+from moa.errors import TimeoutError as NeuronTimeout
+from moa.hookspecs import RegisterNeuron, hookimpl
+from moa.neurons._providers import LITELLM_PROVIDERS
+from moa.neurons.base import Generation, Neuron, NeuronRequest
+from moa.result import Usage
+from moa.settings import Settings
+
+__all__ = ["LLMNeuron", "Route", "load_litellm", "resolve_route"]
+
+logger = logging.getLogger("moa")
+
+_NO_KEY = "not-needed"  # OpenAI-compatible local servers need some key in the header
+
+
+class LLMConfig(NeuronConfig):
+    """Options of an `llm` neuron."""
+
+    type: Literal["llm"] = "llm"
+    model: str = Field(min_length=1, description="litellm model, or a bare name for BASE_URL.")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    base_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="OpenAI-compatible endpoint."
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding this neuron's API key.",
+    )
+    timeout: float | None = Field(default=None, gt=0, description="Seconds per call.")
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+    params: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Extra litellm/provider parameters (top_p, stop...)."
+    )
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where and how one neuron's calls go. `api_key` is a SecretStr (hidden in repr)."""
+
+    model: str
+    api_base: str | None
+    api_key: SecretStr | None
+    key_variable: str | None
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _provider_prefix(model: str) -> str | None:
+    prefix, sep, _ = model.partition("/")
+    return prefix if sep and prefix in LITELLM_PROVIDERS else None
+
+
+def resolve_route(config: LLMConfig, settings: Settings, *, where: str = "neuron") -> Route:
+    """Decide endpoint, model string and key for `config`; raise if a needed key is unset."""
+    prefix = _provider_prefix(config.model)
+    if config.base_url is None and prefix is not None:
+        key = _key_from(
+            config.api_key_env, settings, where, required=config.api_key_env is not None
+        )
+        return Route(config.model, None, key, config.api_key_env)
+    api_base = config.base_url or settings.base_url
+    model = config.model if prefix is not None else f"openai/{config.model}"
+    variable = config.api_key_env or "PROVIDER_API_KEY"
+    key = _key_from(variable, settings, where, required=not _is_loopback(api_base))
+    return Route(model, api_base, key or SecretStr(_NO_KEY), variable)
+
+
+def _key_from(
+    variable: str | None, settings: Settings, where: str, *, required: bool
+) -> SecretStr | None:
+    value = settings.secret(variable) if variable else None
+    if value:
+        return SecretStr(value)
+    if required and variable:
+        raise MissingCredentialsError(
+            f"{where} needs an API key: set {variable} in the environment or in .env.local "
+            "(or point base_url at a local server that needs none)",
+            variable=variable,
+        )
+    return None
+
+
+_litellm: ModuleType | None = None
+_litellm_lock = threading.Lock()
+
+
+def load_litellm() -> ModuleType:
+    """Import and configure litellm once: offline cost map, no banners, no .env loading."""
+    global _litellm
+    with _litellm_lock:
+        if _litellm is None:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+            os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
+            import litellm
+
+            litellm.suppress_debug_info = True
+            litellm.telemetry = False
+            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+                lite_logger = logging.getLogger(name)
+                for handler in list(lite_logger.handlers):
+                    lite_logger.removeHandler(handler)
+                lite_logger.addHandler(logging.NullHandler())
+                lite_logger.setLevel(logging.WARNING)
+            _litellm = litellm
+        return _litellm
+
+
+async def _aload_litellm() -> ModuleType:
+    if _litellm is not None:
+        return _litellm
+    return await asyncio.to_thread(load_litellm)
+
+
+class LLMNeuron(Neuron):
+    """A chat model called through litellm."""
+
+    Config = LLMConfig
+    config: LLMConfig
+
+    def __init__(
+        self, config: NeuronConfig, *, settings: Settings | None = None, path: str = "neuron"
+    ) -> None:
+        super().__init__(config, settings=settings, path=path)
+        if not isinstance(config, LLMConfig):
+            raise TypeError(f"LLMNeuron needs an LLMConfig, got {type(config).__name__}")
+        self.route = resolve_route(config, self.settings, where=path)
+        self._timeout = config.timeout or self.settings.request_timeout
+        self._retries = (
+            config.max_retries if config.max_retries is not None else self.settings.max_retries
+        )
+
+    async def prepare(self) -> None:
+        await _aload_litellm()
+
+    async def generate(self, request: NeuronRequest) -> Generation:
+        litellm = await _aload_litellm()
+        kwargs: dict[str, Any] = dict(self.config.params)
+        kwargs.update(
+            model=self.route.model,
+            messages=[dict(m) for m in request.messages],
+            temperature=self.config.temperature,
+            timeout=self._timeout,
+            num_retries=self._retries,
+            max_retries=0,
+        )
+        if self.config.max_tokens is not None:
+            kwargs["max_tokens"] = self.config.max_tokens
+        if self.route.api_base is not None:
+            kwargs["api_base"] = self.route.api_base
+        if self.route.api_key is not None:
+            kwargs["api_key"] = self.route.api_key.get_secret_value()
+        with self._map_errors():
+            response = await litellm.acompletion(**kwargs)
+        return self._parse(response)
+
+    def _parse(self, response: Any) -> Generation:
+        choices = getattr(response, "choices", None) or []
+        if not choices:
+            raise self._error(InvalidResponseError, "the provider returned no choices")
+        message = getattr(choices[0], "message", None)
+        text = getattr(message, "content", None)
+        if not isinstance(text, str) or not text.strip():
+            raise self._error(InvalidResponseError, "the provider returned empty content")
+        raw_usage = getattr(response, "usage", None)
+        usage = None
+        if raw_usage is not None:
+            usage = Usage(
+                prompt_tokens=int(getattr(raw_usage, "prompt_tokens", 0) or 0),
+                completion_tokens=int(getattr(raw_usage, "completion_tokens", 0) or 0),
+            )
+        hidden = getattr(response, "_hidden_params", None) or {}
+        cost = hidden.get("response_cost") if isinstance(hidden, dict) else None
+        return Generation(
+            text=text,
+            usage=usage,
+            cost=float(cost) if isinstance(cost, (int, float)) else None,
+            model=getattr(response, "model", None),
+        )
+
+    def _error(self, cls: type[NeuronError], message: str, **extra: Any) -> NeuronError:
+        return cls(message, neuron=self.path, model=self.config.model, **extra)
+
+    @contextmanager
+    def _map_errors(self) -> Iterator[None]:
+        """Turn litellm/openai exceptions into the moa error tree, with the key redacted."""
+        try:
+            yield
+        except NeuronError:
+            raise
+        except Exception as exc:
+            raise self._mapped(exc) from None
+
+    def _mapped(self, exc: Exception) -> NeuronError:
+        secret = self.route.api_key.get_secret_value() if self.route.api_key else None
+        message = redact(f"{type(exc).__name__}: {exc}", [secret])
+        status = getattr(exc, "status_code", None)
+        status = status if isinstance(status, int) else None
+        name = type(exc).__name__
+        if name == "RateLimitError" or status == 429:
+            return self._error(
+                RateLimitError, message, status_code=status or 429, retry_after=_retry_after(exc)
+            )
+        if name in {"AuthenticationError", "PermissionDeniedError"} or status in {401, 403}:
+            return self._error(AuthenticationError, message, status_code=status)
+        if name in {"Timeout", "APITimeoutError"} or isinstance(exc, asyncio.TimeoutError):
+            return self._error(NeuronTimeout, message, status_code=status)
+        return self._error(ProviderError, message, status_code=status)
+
+    def __repr__(self) -> str:
+        return f"<LLMNeuron {self.path} {self.route.model!r} at {self.route.api_base or 'litellm'}>"
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    try:
+        if headers.get("retry-after-ms") is not None:
+            return float(headers["retry-after-ms"]) / 1000.0
+        if headers.get("retry-after") is not None:
+            return float(headers["retry-after"])
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+@hookimpl
+def register_neurons(register: RegisterNeuron) -> None:
+    register("llm", LLMNeuron)
