@@ -1,0 +1,530 @@
+"""A loopback fake OpenAI-compatible provider for tests.
+
+:class:`FakeProvider` runs a real HTTP server (``aiohttp.web``) on 127.0.0.1 in
+its own daemon thread with its own event loop, so server-side latencies never
+compete with the code under test.  Replies are scripted per model
+(:meth:`FakeProvider.script`), computed (:meth:`FakeProvider.respond_with`) or
+defaulted (:meth:`FakeProvider.set_default`); every request is recorded with
+server-side timestamps so tests can assert on concurrency and cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+__all__ = ["FakeProvider", "Fault", "RecordedRequest", "Reply"]
+
+Fault = Literal[
+    "reset", "hang", "hang_after_first_token", "malformed",
+    "empty_choices", "null_content", "empty_content", "no_done",
+]  # fmt: skip
+
+_CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+_MODELS_PATHS = frozenset({"/v1/models", "/models"})
+_PIECES = re.compile(r"\S+\s*|\s+")
+_ERROR_KINDS: dict[int, tuple[str, str]] = {  # status -> (error.type, error.code)
+    400: ("invalid_request_error", "bad_request"), 401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "permission_denied"), 404: ("invalid_request_error", "not_found"),
+    408: ("timeout_error", "timeout"), 429: ("rate_limit_error", "rate_limit_exceeded"),
+    500: ("server_error", "internal_error"), 503: ("server_error", "service_unavailable"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted response.
+
+    ``content=None`` means the default text ``"answer from <model>"``;
+    ``latency`` is slept (server side) before the response headers are sent;
+    a non-200 ``status`` produces an OpenAI-style error body; ``usage`` is
+    ``(prompt_tokens, completion_tokens)`` (default: whitespace word counts).
+    """
+
+    content: str | None = None
+    latency: float = 0.0
+    status: int = 200
+    fault: Fault | None = None
+    retry_after: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    stream_delay: float = 0.0
+    usage: tuple[int, int] | None = None
+    error_message: str | None = None
+
+
+def _text(content: Any) -> str | None:
+    """Plain text of a message ``content`` (a string or a list of text parts)."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") for p in content if isinstance(p, dict)]
+        return "".join(p for p in parts if isinstance(p, str))
+    return str(content)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """An immutable snapshot of one request as seen by the server.
+
+    ``headers`` keys are lower-cased; ``started``/``finished`` are the server's
+    ``time.monotonic()``; ``cancelled`` is true when the client went away (or
+    the server was stopped) before the response was complete.
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Mapping[str, Any] | None
+    model: str | None
+    started: float
+    finished: float | None
+    stream: bool
+    cancelled: bool
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """``body["messages"]`` (empty list if absent)."""
+        msgs = (self.body or {}).get("messages")
+        return [m for m in msgs if isinstance(m, dict)] if isinstance(msgs, list) else []
+
+    @property
+    def system(self) -> str | None:
+        """Content of the first system message, or ``None``."""
+        systems = (m for m in self.messages if m.get("role") == "system")
+        return next((_text(m.get("content")) for m in systems), None)
+
+    @property
+    def last_user(self) -> str | None:
+        """Content of the last user message, or ``None``."""
+        users = [m for m in self.messages if m.get("role") == "user"]
+        return _text(users[-1].get("content")) if users else None
+
+
+@dataclass
+class _Record:
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Mapping[str, Any] | None
+    model: str | None
+    started: float
+    stream: bool
+    finished: float | None = None
+    cancelled: bool = False
+    deliberate_abort: bool = False
+
+    def snapshot(self) -> RecordedRequest:
+        return RecordedRequest(
+            self.method, self.path, self.headers, self.body, self.model,
+            self.started, self.finished, self.stream, self.cancelled,
+        )  # fmt: skip
+
+
+def _error_body(status: int, message: str) -> bytes:
+    fallback = ("server_error" if status >= 500 else "invalid_request_error", str(status))
+    kind, code = _ERROR_KINDS.get(status, fallback)
+    error = {"message": message, "type": kind, "param": None, "code": code}
+    return json.dumps({"error": error}).encode()
+
+
+def _words(text: str | None) -> int:
+    return len(text.split()) if text else 0
+
+
+class FakeProvider:
+    """A fake OpenAI-compatible chat-completions server on a loopback port.
+
+    Use as a context manager (``with FakeProvider() as fp:``) or call
+    :meth:`start` / :meth:`stop`.  All public methods are thread-safe.
+    ``default_latency`` is the latency of the built-in fallback reply used when
+    no queue, responder or :meth:`set_default` reply applies.
+    """
+
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 0, default_latency: float = 0.0
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self._default_latency = default_latency
+        self._lock = threading.Condition()
+        self._queues: dict[str, deque[Reply]] = {}
+        self._responders: dict[str | None, Callable[[RecordedRequest], Reply | str]] = {}
+        self._default: Reply | None = None
+        self._records: list[_Record] = []
+        self._known_models: dict[str, None] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.ServerRunner | None = None
+        self._inflight: set[asyncio.Transport] = set()
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> Self:
+        """Start the server thread (idempotent) and return ``self``."""
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        errors: list[BaseException] = []
+        thread = threading.Thread(
+            target=self._run, args=(ready, errors), name="moa-fake-provider", daemon=True
+        )
+        thread.start()
+        ready.wait()
+        if errors:
+            thread.join()
+            raise errors[0]
+        self._thread = thread
+        return self
+
+    def stop(self) -> None:
+        """Stop the server, cancelling in-flight handlers, and join the thread (idempotent)."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        with contextlib.suppress(Exception):  # best effort; the loop is stopped below anyway
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=5.0)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10.0)
+        if thread.is_alive():  # pragma: no cover - only if user code blocks the server loop
+            raise RuntimeError("FakeProvider server thread did not stop")
+        self._thread = self._loop = None
+        self._port = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (only meaningful once started)."""
+        return self._port if self._port is not None else self._requested_port
+
+    @property
+    def base_url(self) -> str:
+        """``http://<host>:<port>/v1``; raises ``RuntimeError`` before :meth:`start`."""
+        if self._port is None:
+            raise RuntimeError("FakeProvider is not started")
+        return f"http://{self._host}:{self._port}/v1"
+
+    # -- scripting ---------------------------------------------------------
+    def script(self, model: str, *replies: Reply | str) -> None:
+        """Append replies to ``model``'s FIFO queue (a ``str`` means ``Reply(content=str)``)."""
+        with self._lock:
+            q = self._queues.setdefault(model, deque())
+            q.extend(Reply(content=r) if isinstance(r, str) else r for r in replies)
+            self._known_models.setdefault(model, None)
+
+    def respond_with(self, model: str | None, fn: Callable[[RecordedRequest], Reply | str]) -> None:
+        """Answer ``model`` with ``fn(request)`` whenever its queue is empty.
+
+        ``model=None`` sets the global responder, used by every model without its own.
+        ``fn`` runs on the server thread; if it raises, the client gets a 500.
+        """
+        with self._lock:
+            self._responders[model] = fn
+            if model is not None:
+                self._known_models.setdefault(model, None)
+
+    def set_default(self, reply: Reply) -> None:
+        """Reply used for models with no queued reply and no responder."""
+        with self._lock:
+            self._default = reply
+
+    def reset(self) -> None:
+        """Clear queues, responders, the default reply and recorded requests."""
+        with self._lock:
+            self._queues.clear()
+            self._responders.clear()
+            self._default = None
+            self._records.clear()
+            self._known_models.clear()
+
+    # -- inspection --------------------------------------------------------
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Snapshot of all recorded requests in arrival order.
+
+        Chat completions and ``GET /v1/models`` (tell them apart by ``path``).
+        """
+        with self._lock:
+            return [r.snapshot() for r in self._records]
+
+    def requests_for(self, model: str) -> list[RecordedRequest]:
+        """Snapshot of the chat requests for ``model``."""
+        with self._lock:
+            recs = [r for r in self._records if r.model == model and r.path in _CHAT_PATHS]
+            return [r.snapshot() for r in recs]
+
+    def wait_for_requests(self, n: int, timeout: float = 5.0) -> list[RecordedRequest]:
+        """Block until at least ``n`` chat requests have arrived; return all chat requests.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.  From async code use
+        ``await asyncio.to_thread(provider.wait_for_requests, n)``.
+        """
+
+        def chats() -> list[_Record]:
+            return [r for r in self._records if r.path in _CHAT_PATHS]
+
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(chats()) >= n, timeout):
+                got = len(chats())
+                raise TimeoutError(f"expected {n} chat requests, got {got} after {timeout}s")
+            return [r.snapshot() for r in chats()]
+
+    # -- server thread -----------------------------------------------------
+    def _run(self, ready: threading.Event, errors: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            try:
+                loop.run_until_complete(self._startup())
+            except BaseException as exc:  # reported to start()
+                errors.append(exc)
+                return
+            self._loop = loop
+            ready.set()
+            loop.run_forever()
+        finally:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            ready.set()
+
+    async def _startup(self) -> None:
+        from aiohttp import web
+
+        # handler_cancellation: aiohttp (>= 3.9) no longer cancels handlers when
+        # the client disconnects unless asked to; we need it to see disconnects.
+        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        runner = web.ServerRunner(server, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._requested_port)
+        await site.start()
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def _shutdown(self) -> None:
+        for transport in list(self._inflight):  # connection_lost cancels their handler tasks
+            transport.abort()
+        await asyncio.sleep(0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _socket_nodelay(self) -> list[bool]:
+        """TCP_NODELAY of every open server-side connection (for tests)."""
+        result: list[bool] = []
+        for conn in self._runner.server.connections if self._runner and self._runner.server else []:
+            sock = conn.transport.get_extra_info("socket") if conn.transport else None
+            if sock is not None:
+                result.append(bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+        return result
+
+    # -- request handling --------------------------------------------------
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        from aiohttp import web
+
+        started = time.monotonic()
+        headers = MappingProxyType({k.lower(): v for k, v in request.headers.items()})
+        if request.method == "GET" and request.path in _MODELS_PATHS:
+            with self._lock:
+                rec = _Record("GET", request.path, headers, None, None, started, False, started)
+                self._records.append(rec)
+                data = [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "moa-fake"}
+                    for m in self._known_models
+                ]
+            return web.json_response({"object": "list", "data": data})
+        if request.method != "POST" or request.path not in _CHAT_PATHS:
+            msg = f"Unknown request URL: {request.method} {request.path}"
+            body404 = _error_body(404, msg)
+            return web.Response(status=404, body=body404, content_type="application/json")
+        try:
+            body: Any = json.loads(await request.read())
+        except ValueError:
+            body = None
+        body = body if isinstance(body, dict) else None
+        model = body.get("model") if body is not None else None
+        model = model if isinstance(model, str) else None
+        stream = body is not None and body.get("stream") is True
+        rec = _Record("POST", request.path, headers, body, model, started, stream)
+        with self._lock:
+            self._records.append(rec)
+            if rec.model is not None:
+                self._known_models.setdefault(rec.model, None)
+            self._lock.notify_all()
+        transport = request.transport
+        if transport is not None:
+            self._inflight.add(transport)
+        try:
+            return await self._respond(request, rec)
+        except asyncio.CancelledError:
+            rec.cancelled = not rec.deliberate_abort
+            raise
+        finally:
+            if rec.finished is None:
+                rec.finished = time.monotonic()
+            if transport is not None:
+                self._inflight.discard(transport)
+
+    def _pick(self, rec: _Record) -> Reply:
+        with self._lock:
+            queue = self._queues.get(rec.model) if rec.model is not None else None
+            if queue:
+                return queue.popleft()
+            fn = self._responders.get(rec.model) or self._responders.get(None)
+            default = self._default or Reply(latency=self._default_latency)
+            snap = rec.snapshot()
+        if fn is None:
+            return default
+        result = fn(snap)
+        return Reply(content=result) if isinstance(result, str) else result
+
+    async def _respond(self, request: web.BaseRequest, rec: _Record) -> web.StreamResponse:
+        from aiohttp import web
+
+        def error(status: int, msg: str, extra: Mapping[str, str] | None = None) -> web.Response:
+            body = _error_body(status, msg)
+            return web.Response(
+                status=status, body=body, headers=extra, content_type="application/json"
+            )
+
+        if rec.body is None:
+            return error(400, "We could not parse the JSON body of your request.")
+        if rec.model is None:
+            return error(400, "you must provide a model parameter")
+        try:
+            reply = self._pick(rec)
+        except Exception as exc:  # surfaced to the client
+            return error(500, f"responder failed: {exc!r}")
+        hdrs = dict(reply.headers)
+        if reply.retry_after is not None:
+            hdrs["Retry-After"] = f"{reply.retry_after:g}"
+            hdrs["retry-after-ms"] = str(int(reply.retry_after * 1000))
+        if reply.latency > 0:
+            await asyncio.sleep(reply.latency)
+        if reply.fault == "reset":
+            return await self._reset(request, rec)
+        if reply.fault == "hang" or (reply.fault == "hang_after_first_token" and not rec.stream):
+            return await _hang()
+        if reply.status != 200:
+            msg = reply.error_message or f"fake error {reply.status}"
+            return await self._send(request, rec, error(reply.status, msg, hdrs))
+        content: str | None = f"answer from {rec.model}" if reply.content is None else reply.content
+        if reply.fault == "null_content":
+            content = None
+        elif reply.fault == "empty_content":
+            content = ""
+        msg_words = sum(_words(_text(m.get("content"))) for m in rec.snapshot().messages)
+        prompt, completion = reply.usage or (msg_words, max(1, _words(content)))
+        total = prompt + completion
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        base = {"id": cid, "created": int(time.time()), "model": rec.model}
+        if rec.stream:
+            return await self._stream(request, rec, reply, content, usage, base, hdrs)
+        if reply.fault == "malformed":
+            resp = web.Response(
+                body=b'{"not": "json"', headers=hdrs, content_type="application/json"
+            )
+            return await self._send(request, rec, resp)
+        message = {"role": "assistant", "content": content}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        choices = [] if reply.fault == "empty_choices" else [choice]
+        payload = {**base, "object": "chat.completion", "choices": choices, "usage": usage}
+        return await self._send(request, rec, web.json_response(payload, headers=hdrs))
+
+    async def _send(
+        self, request: web.BaseRequest, rec: _Record, resp: web.Response
+    ) -> web.Response:
+        await resp.prepare(request)
+        rec.finished = time.monotonic()  # before the body goes out: a client never sees None
+        await resp.write_eof()
+        return resp
+
+    async def _reset(self, request: web.BaseRequest, rec: _Record) -> web.StreamResponse:
+        rec.deliberate_abort = True
+        rec.finished = time.monotonic()
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # SO_LINGER 0 -> close() sends RST instead of FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        return await _hang()  # connection_lost cancels this task
+
+    async def _stream(
+        self, request: web.BaseRequest, rec: _Record, reply: Reply, content: str | None,
+        usage: dict[str, int], base: dict[str, Any], hdrs: dict[str, str],
+    ) -> web.StreamResponse:  # fmt: skip
+        from aiohttp import web
+
+        opts = rec.body.get("stream_options") if rec.body else None
+        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        sse = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        resp = web.StreamResponse(headers={**hdrs, **sse})
+        await resp.prepare(request)
+
+        async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
+            chunk = {**base, "object": "chat.completion.chunk", "choices": choices, **extra}
+            if include_usage and "usage" not in extra:
+                chunk["usage"] = None
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+        def delta(d: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": d, "finish_reason": finish}]
+
+        try:
+            if reply.fault == "malformed":
+                await resp.write(b'data: {"not": "json"\n\n')
+            elif reply.fault == "empty_choices":
+                await send([], **({"usage": usage} if include_usage else {}))
+            else:
+                first = {"role": "assistant", "content": "" if content is not None else None}
+                await send(delta(first))
+                for i, piece in enumerate(_PIECES.findall(content or "")):
+                    if i and reply.stream_delay > 0:
+                        await asyncio.sleep(reply.stream_delay)
+                    await send(delta({"content": piece}))
+                    if reply.fault == "hang_after_first_token":
+                        await _hang()
+                if reply.fault == "hang_after_first_token":  # content had no pieces
+                    await _hang()
+                if reply.fault != "no_done":
+                    await send(delta({}, "stop"))
+                    if include_usage:
+                        await send([], usage=usage)
+            rec.finished = time.monotonic()  # before the last bytes: a client never sees None
+            if reply.fault != "no_done":
+                await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except ConnectionError:  # client went away mid-stream
+            rec.cancelled = True
+            rec.finished = time.monotonic()
+        return resp
+
+
+async def _hang() -> web.StreamResponse:
+    """Wait until cancelled (client disconnect or server stop)."""
+    await asyncio.get_running_loop().create_future()
+    raise AssertionError("unreachable")  # pragma: no cover
