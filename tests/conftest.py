@@ -1,0 +1,98 @@
+"""Shared fixtures. Every test runs behind the network guard, in an empty working directory
+with no provider variables set, so nothing from the developer's machine leaks in."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moa import MixtureOfAgents, Settings, create_moa_from_config
+from moa.plugins import reload_plugins
+from moa.testing import FakeProvider
+from moa.testing.pytest_plugin import CANARY_KEY
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+ECHO_PLUGIN = Path(__file__).parent / "plugins" / "moa-echo"
+
+__all__ = ["CANARY_KEY", "EXAMPLES", "ROOT"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(
+    moa_network_guard: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in (
+        "PROVIDER_API_KEY",
+        "BASE_URL",
+        "MOA_LOAD_PLUGINS",
+        "MOA_REQUEST_TIMEOUT",
+        "MOA_MAX_RETRIES",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GROQ_API_KEY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def fake(moa_fake_provider: FakeProvider) -> FakeProvider:
+    return moa_fake_provider
+
+
+@pytest.fixture
+def build(moa_settings: Settings) -> Callable[..., MixtureOfAgents]:
+    """Build a mixture from YAML text or a dict, with bare models sent to the fake provider."""
+
+    def _build(config: str | dict[str, Any], **overrides: Any) -> MixtureOfAgents:
+        settings = moa_settings.model_copy(update=overrides) if overrides else moa_settings
+        source = textwrap.dedent(config) if isinstance(config, str) else config
+        return create_moa_from_config(source, is_file_path=False, settings=settings)
+
+    return _build
+
+
+@pytest.fixture(scope="session")
+def echo_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Build and install tests/plugins/moa-echo for real (pip, dist-info, entry point) into
+    a private directory put on sys.path for this session."""
+    target = tmp_path_factory.mktemp("site-packages")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(ECHO_PLUGIN),
+        ],
+        check=True,
+    )
+    sys.path.insert(0, str(target))
+    importlib.invalidate_caches()
+    reload_plugins()
+    try:
+        yield target
+    finally:
+        sys.path.remove(str(target))
+        importlib.invalidate_caches()
+        sys.modules.pop("moa_echo", None)
+        reload_plugins()
