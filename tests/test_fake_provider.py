@@ -291,7 +291,8 @@ async def test_hang_then_client_disconnect_marks_cancelled(fp: FakeProvider) -> 
     await asyncio.to_thread(wait_until, lambda: all(r.finished for r in fp.requests))
     hung, streamed = fp.requests
     assert hung.cancelled and streamed.cancelled and streamed.stream
-    assert hung.finished is not None and hung.finished - hung.started >= 0.3
+    # the client's 0.3 s budget includes connecting, so the server-side interval may be shorter
+    assert hung.finished is not None and hung.finished - hung.started >= 0.1
 
 
 def test_stop_while_hanging_is_prompt() -> None:

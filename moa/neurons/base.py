@@ -11,7 +11,7 @@ exception is treated as a bug and propagates.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -95,6 +95,17 @@ class Neuron(ABC):
     @abstractmethod
     async def generate(self, request: NeuronRequest) -> Generation:
         """Answer `request`; raise a `NeuronError` subclass on an expected failure."""
+
+    async def stream(self, request: NeuronRequest) -> AsyncIterator[str | Generation]:
+        """Answer `request` incrementally: yield text deltas (`str`) as they arrive, then
+        exactly one final `Generation` with the whole text, usage and cost.
+
+        The default calls `generate()` and yields its text in one piece; neurons that can
+        stream for real override this.
+        """
+        generation = await self.generate(request)
+        yield generation.text
+        yield generation
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Release resources (clients, models)."""
