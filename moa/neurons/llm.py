@@ -310,7 +310,7 @@ class LLMNeuron(Neuron):
             info = load_litellm().get_model_info(self.route.model)
         except Exception:  # unknown model
             info = {}
-        max_input = info.get("max_input_tokens") or info.get("max_tokens")
+        max_input = info.get("max_input_tokens")  # (litellm's max_tokens is ambiguous)
         max_output = self.config.max_tokens or info.get("max_output_tokens")
         return TokenLimits(
             max_input_tokens=max_input if isinstance(max_input, int) else None,
