@@ -15,6 +15,7 @@ from moa import (
     MixtureOfAgents,
     MoAEvent,
     MoAEventAdapter,
+    QueryError,
     StreamFailed,
     Token,
 )
@@ -187,3 +188,45 @@ async def test_events_round_trip_through_json(fake: FakeProvider, build: Build) 
     events = await collect(build(CONFIG))
     for event in events:
         assert MoAEventAdapter.validate_json(event.model_dump_json()) == event
+
+
+async def test_an_aggregator_failing_before_any_token(fake: FakeProvider, build: Build) -> None:
+    fake.script("m/agg", Reply(status=503))
+    moa = build("proposal_layers: [{neurons: [{model: m/a}]}]\naggregation_layer: {model: m/agg}")
+    events: list[MoAEvent] = []
+    with pytest.raises(AggregationFailed):
+        async for event in moa.stream("q"):
+            events.append(event)
+    assert [e.kind for e in events][-2:] == ["aggregation_started", "error"]
+    error = events[-1]
+    assert isinstance(error, StreamFailed) and error.partial_text == ""
+    assert "HTTP 503" in error.error and error.layers[0].neurons[0].ok
+
+
+async def test_a_bad_query_is_an_error_event_too(build: Build) -> None:
+    moa = build("proposal_layers: [{neurons: [{model: m/a}]}]\naggregation_layer: {model: m/agg}")
+    events: list[MoAEvent] = []
+    with pytest.raises(QueryError):
+        async for event in moa.stream("   "):
+            events.append(event)
+    (error,) = events
+    assert isinstance(error, StreamFailed) and error.error_type == "QueryError" and not error.layers
+
+
+async def test_leaving_during_a_layer_cancels_its_calls(fake: FakeProvider, build: Build) -> None:
+    fake.script("m/slow", Reply(latency=5))
+    config = """
+    proposal_layers: [{neurons: [{model: m/slow}, {model: m/fast}]}]
+    aggregation_layer: {model: m/agg}
+    """
+    async with contextlib.aclosing(build(config).stream("q")) as events:
+        async for event in events:
+            if event.kind == "neuron_finished":
+                break
+    for _ in range(100):
+        (request,) = fake.requests_for("m/slow")
+        if request.finished is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert request.cancelled
+    assert fake.requests_for("m/agg") == []
