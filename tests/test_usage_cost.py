@@ -45,11 +45,13 @@ async def test_usage_totals_equal_what_the_provider_reported(
     assert result.model_dump()["layers"][0]["usage"] == {"prompt_tokens": 24, "completion_tokens": 8}
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["process", "stream"])
 async def test_usage_the_provider_did_not_report_is_counted_by_litellm(
-    fake: FakeProvider, build: Build
+    fake: FakeProvider, build: Build, streaming: bool
 ) -> None:
     fake.set_default(Reply(content="four words of answer", usage=(0, 0)))
-    result = await build("proposal_layers: [{neurons: [{model: m/a}]}]\naggregation_layer: {model: m/agg}").process("q")
+    config = "proposal_layers: [{neurons: [{model: m/a}]}]\naggregation_layer: {model: m/agg}"
+    result = await run(build(config), streaming)
     litellm = load_litellm()
     (request,) = fake.requests_for("m/agg")
     prompt = litellm.token_counter(model="openai/m/agg", messages=request.messages)
