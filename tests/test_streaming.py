@@ -70,7 +70,7 @@ async def test_events_come_in_pipeline_order_with_the_aggregator_streamed(
 async def test_tokens_arrive_while_the_upstream_is_still_streaming(
     fake: FakeProvider, build: Build
 ) -> None:
-    fake.script("m/agg", Reply(content="one two three four five six", stream_delay=0.05))
+    fake.script("m/agg", Reply(content="one two three four five six seven", stream_delay=0.1))
     moa = build("proposal_layers: [{neurons: [{model: m/a}]}]\naggregation_layer: {model: m/agg}")
     async for event in moa.stream("q"):
         if isinstance(event, Token):

@@ -20,7 +20,7 @@ from moa.layers.layer import fit_to_budget
 from moa.neurons.base import ChatMessage, Neuron, NeuronRequest, Reference
 from moa.result import LayerResult, NeuronResult, Truncation
 
-__all__ = ["AggregationLayer", "Aggregation"]
+__all__ = ["Aggregation", "AggregationLayer"]
 
 LAYER_NAME = "aggregation_layer"
 
