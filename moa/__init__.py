@@ -5,6 +5,9 @@
     result = await moa.process("Why is the sky blue?")
     print(result["content"])
 
+    async for text in moa.stream_text("Why is the sky blue?"):   # or moa.stream(): events
+        print(text, end="", flush=True)
+
 Importing this package reads no file, touches no network and does not import litellm.
 """
 
@@ -30,29 +33,57 @@ from moa.errors import (
     RateLimitError,
     TimeoutError,  # noqa: A004 - the documented name of moa's timeout error
 )
+from moa.events import (
+    AggregationStarted,
+    AnnotatorFinished,
+    Completed,
+    LayerFinished,
+    LayerStarted,
+    MoAEvent,
+    MoAEventAdapter,
+    NeuronFinished,
+    StreamFailed,
+    Token,
+)
 from moa.hookspecs import hookimpl
-from moa.mixture import MixtureOfAgents, create_moa_from_config
-from moa.neurons.base import Generation, Neuron, NeuronRequest, Reference
-from moa.result import LayerResult, MoAResult, NeuronResult, Usage
+from moa.mixture import ContextWindowWarning, MixtureOfAgents, create_moa_from_config
+from moa.neurons.base import (
+    Generation,
+    Neuron,
+    NeuronRequest,
+    Reference,
+    Tokenizer,
+    TokenLimits,
+)
+from moa.result import LayerResult, MoAResult, NeuronResult, Truncation, Usage
 from moa.settings import Settings
 
 __all__ = [
     "AggregationFailed",
     "AggregationLayerConfig",
+    "AggregationStarted",
     "AllNeuronsFailed",
+    "AnnotatorFinished",
     "AuthenticationError",
+    "Completed",
     "ConfigError",
+    "ContextWindowWarning",
     "Generation",
     "InvalidResponseError",
+    "LayerFinished",
     "LayerResult",
+    "LayerStarted",
     "MissingCredentialsError",
     "MixtureOfAgents",
     "MoAConfig",
     "MoAError",
+    "MoAEvent",
+    "MoAEventAdapter",
     "MoAResult",
     "Neuron",
     "NeuronConfig",
     "NeuronError",
+    "NeuronFinished",
     "NeuronRequest",
     "NeuronResult",
     "PluginError",
@@ -62,7 +93,12 @@ __all__ = [
     "RateLimitError",
     "Reference",
     "Settings",
+    "StreamFailed",
     "TimeoutError",
+    "Token",
+    "TokenLimits",
+    "Tokenizer",
+    "Truncation",
     "Usage",
     "__version__",
     "create_moa_from_config",

@@ -67,6 +67,15 @@ DEFAULT_AGGREGATION_PROMPT = (
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
+_MAX_REFERENCE_TOKENS = (
+    "Most tokens of one previous answer this layer sees; longer ones are cut at a token "
+    "boundary and marked. Default: no limit."
+)
+_MAX_CONTEXT_TOKENS = (
+    "Most tokens of all previous answers together; the lowest-weight ones are cut first "
+    "(and left out when nothing of them fits). Default: no limit."
+)
+
 
 class NeuronConfig(BaseModel):
     """Options every neuron type shares. Each type's `Neuron.Config` subclasses this.
@@ -120,6 +129,8 @@ class ProposalLayerConfig(BaseModel):
         description="Appended to each neuron's system prompt from the second layer on; "
         "{responses} is replaced by the previous layer's answers.",
     )
+    max_reference_tokens: int | None = Field(default=None, gt=0, description=_MAX_REFERENCE_TOKENS)
+    max_context_tokens: int | None = Field(default=None, gt=0, description=_MAX_CONTEXT_TOKENS)
 
     @field_validator("reference_prompt")
     @classmethod
@@ -138,7 +149,13 @@ class AggregationLayerConfig(BaseModel):
 
     model_config = _STRICT
     _own_keys: ClassVar[frozenset[str]] = frozenset(
-        {"aggregation_prompt", "shuffle", "dropout_rate"}
+        {
+            "aggregation_prompt",
+            "shuffle",
+            "dropout_rate",
+            "max_reference_tokens",
+            "max_context_tokens",
+        }
     )
 
     neuron: SerializeAsAny[NeuronConfig]
@@ -151,6 +168,8 @@ class AggregationLayerConfig(BaseModel):
     dropout_rate: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="Chance to drop each response; never drops all."
     )
+    max_reference_tokens: int | None = Field(default=None, gt=0, description=_MAX_REFERENCE_TOKENS)
+    max_context_tokens: int | None = Field(default=None, gt=0, description=_MAX_CONTEXT_TOKENS)
 
     @model_validator(mode="wrap")
     @classmethod

@@ -9,23 +9,52 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import logging
 import random
+import sys
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from moa._budget import Budget, context_window_problem
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
 from moa.errors import QueryError
+from moa.events import (
+    AggregationStarted,
+    AnnotatorFinished,
+    Completed,
+    LayerFinished,
+    LayerStarted,
+    MoAEvent,
+    NeuronFinished,
+    StreamFailed,
+    Token,
+)
 from moa.layers.aggregation import LAYER_NAME, AggregationLayer
 from moa.layers.layer import Layer, references_from
 from moa.neurons.base import ChatMessage, Neuron, Reference
 from moa.plugins import get_neuron_class
-from moa.result import LayerResult, MoAResult, NeuronResult, Usage
+from moa.result import LayerResult, MoAResult, NeuronResult, Usage, total_cost
 from moa.settings import Settings
 
-__all__ = ["MixtureOfAgents", "Query", "create_moa_from_config", "normalise_query"]
+__all__ = [
+    "ContextWindowWarning",
+    "MixtureOfAgents",
+    "Query",
+    "create_moa_from_config",
+    "normalise_query",
+]
+
+logger = logging.getLogger("moa")
+
+
+class ContextWindowWarning(UserWarning):
+    """The aggregator's worst-case prompt may not fit its model's context window."""
+
 
 Query = str | Sequence[str] | Sequence[Mapping[str, Any]]
 """A question, a list of user turns, or a chat history of `{"role", "content"}` dicts."""
@@ -94,6 +123,7 @@ class MixtureOfAgents:
                     for j, n in enumerate(layer.neurons)
                 ],
                 layer.reference_prompt,
+                budget=Budget(layer.max_reference_tokens, layer.max_context_tokens),
             )
             for i, layer in enumerate(config.proposal_layers)
         )
@@ -102,6 +132,9 @@ class MixtureOfAgents:
             _build_neuron(agg.neuron, self.settings, LAYER_NAME), agg
         )
         self._prepared = False
+        self._context_checked = False
+        if "litellm" in sys.modules:  # model info is at hand: check now, at load time
+            self._warn_about_context_window()
 
     @classmethod
     def from_config(
@@ -129,18 +162,88 @@ class MixtureOfAgents:
         return tuple(found)
 
     async def prepare(self) -> None:
-        """Load what the neurons need (e.g. litellm, ~2 s) ahead of the first `process()`.
+        """Load what the neurons need (e.g. litellm, ~2 s) ahead of the first `process()`,
+        and check that the aggregator's worst-case prompt fits its context window.
 
-        Optional: `process()` calls it itself. Safe to call again; it does the work once.
+        Optional: `process()` and `stream()` call it. Safe to call again; it does the work once.
         """
         # A flag, not a stored future: a mixture may be used from several event loops
         # (asyncio.run twice, process_sync). Neuron.prepare() must be idempotent.
         if not self._prepared:
             await asyncio.gather(*(n.prepare() for n in self.neurons))
+            if not self._context_checked:
+                await asyncio.to_thread(self._warn_about_context_window)
             self._prepared = True
 
+    def check_context_window(self) -> str | None:
+        """Why the aggregator's worst-case prompt (every answer of the last proposal layer at
+        its longest, within the aggregator's budget) may exceed its model's context window, or
+        None if it fits or the window is unknown. Blocking: may load litellm's model info."""
+        agg = self.aggregation
+        return context_window_problem(
+            agg.neuron, self.layers[-1].neurons, agg.budget, agg.config.aggregation_prompt
+        )
+
+    def _warn_about_context_window(self) -> None:
+        self._context_checked = True
+        try:
+            problem = self.check_context_window()
+        except Exception:  # a check must never break a mixture
+            logger.debug("context window check failed", exc_info=True)
+            return
+        if problem is not None:
+            warnings.warn(problem, ContextWindowWarning, stacklevel=2)
+
     async def process(self, query: Query) -> MoAResult:
-        """Run the mixture on `query` and return the answer with its full trace."""
+        """Run the mixture on `query` and return the answer with its full trace.
+
+        Raises `AllNeuronsFailed` when a layer has no survivor and `AggregationFailed` when
+        the aggregator fails; both keep the completed layers.
+        """
+        result: MoAResult | None = None
+        async for event in self._run(query, stream=False):
+            if isinstance(event, Completed):
+                result = event.result
+        assert result is not None, "the pipeline ended without a result"
+        return result
+
+    async def stream(self, query: Query) -> AsyncIterator[MoAEvent]:
+        """Run the mixture on `query`, yielding events as it goes (see `moa.events`): the
+        annotator's result, each layer's start, each neuron as it finishes and each layer's
+        end, then the aggregator's text as the upstream streams it, then `Completed` with the
+        same `MoAResult` that `process()` returns.
+
+        On failure it yields `StreamFailed` (with every layer that ran and any partial text)
+        and then raises the exception `process()` would have raised.
+        """
+        layers: list[LayerResult] = []
+        partial: list[str] = []
+        try:
+            async for event in self._run(query, stream=True):
+                if isinstance(event, LayerFinished):
+                    layers.append(event.layer)
+                elif isinstance(event, Token):
+                    partial.append(event.text)
+                yield event
+        except Exception as exc:
+            ran = getattr(exc, "layers", None)
+            yield StreamFailed(
+                error=str(exc),
+                error_type=type(exc).__name__,
+                layers=tuple(ran) if isinstance(ran, tuple) else tuple(layers),
+                partial_text="".join(partial),
+            )
+            raise
+
+    async def stream_text(self, query: Query) -> AsyncIterator[str]:
+        """Only the aggregator's text, as it arrives. Raises as `process()` does."""
+        async for event in self.stream(query):
+            if isinstance(event, Token):
+                yield event.text
+
+    async def _run(self, query: Query, *, stream: bool) -> AsyncIterator[MoAEvent]:
+        """The pipeline, shared by `process()` (stream=False: no per-neuron events, and the
+        aggregator answers in one piece) and `stream()`."""
         origin = time.perf_counter()
         history, user_query = normalise_query(query)
         await self.prepare()
@@ -153,38 +256,71 @@ class MixtureOfAgents:
             annotator_result, annotated = await self.annotator.annotate(history, origin=origin)
             if annotated is not None:
                 history = [*history[:-1], {"role": "user", "content": annotated}]
+            yield AnnotatorFinished(neuron=annotator_result, annotated_query=annotated)
         effective_query = annotated if annotated is not None else user_query
 
         completed: list[LayerResult] = []
         references: tuple[Reference, ...] = ()
         for layer in self.layers:
-            result = await layer.run(
-                history, references, origin=origin, semaphore=semaphore, completed=completed
-            )
+            yield LayerStarted(layer=layer.name, index=layer.index)
+            if stream:
+                finished: asyncio.Queue[NeuronResult | None] = asyncio.Queue()
+                task = asyncio.ensure_future(
+                    layer.run(
+                        history, references, origin=origin, semaphore=semaphore,
+                        completed=completed, on_result=finished.put_nowait,
+                    )
+                )  # fmt: skip
+                task.add_done_callback(_closer(finished))
+                try:
+                    while (neuron := await finished.get()) is not None:
+                        yield NeuronFinished(neuron=neuron)
+                    result = task.result()
+                finally:
+                    await _cancel(task)
+            else:
+                result = await layer.run(
+                    history, references, origin=origin, semaphore=semaphore, completed=completed
+                )
             completed.append(result)
             references = references_from(result)
+            yield LayerFinished(layer=result)
 
         rng = random.Random(self.config.seed) if self.config.seed is not None else random.Random()
-        aggregator, selected = await self.aggregation.run(
-            history, effective_query, references, rng, origin=origin, completed=completed
-        )
+        aggregation = await self.aggregation.prepare(history, effective_query, references, rng)
+        yield AggregationStarted()
+        if stream:
+            aggregator: NeuronResult | None = None
+            async for piece in self.aggregation.stream(
+                aggregation, origin=origin, completed=completed
+            ):
+                if isinstance(piece, str):
+                    yield Token(text=piece)
+                else:
+                    aggregator = piece
+            assert aggregator is not None
+        else:
+            aggregator = await self.aggregation.run(aggregation, origin=origin, completed=completed)
         calls = [*([annotator_result] if annotator_result else [])]
         for layer_result in completed:
             calls.extend(layer_result.neurons)
         calls.append(aggregator)
-        costs = [c.cost for c in calls if c.cost is not None]
-        return MoAResult(
-            content=aggregator.text or "",
-            response_times={c.key: c.seconds for c in calls},
-            total_completion_time=time.perf_counter() - origin,
-            query=user_query,
-            annotated_query=annotated,
-            annotator=annotator_result,
-            layers=tuple(completed),
-            aggregator=aggregator,
-            aggregated=tuple(ref.path for ref in selected),
-            usage=Usage.total(c.usage for c in calls),
-            cost=sum(costs) if costs else None,
+        truncations = [t for layer_result in completed for t in layer_result.truncations]
+        yield Completed(
+            result=MoAResult(
+                content=aggregator.text or "",
+                response_times={c.key: c.seconds for c in calls},
+                total_completion_time=time.perf_counter() - origin,
+                query=user_query,
+                annotated_query=annotated,
+                annotator=annotator_result,
+                layers=tuple(completed),
+                aggregator=aggregator,
+                aggregated=tuple(ref.path for ref in aggregation.selected),
+                usage=Usage.total(c.usage for c in calls),
+                cost=total_cost(calls),
+                truncations=(*truncations, *aggregation.truncations),
+            )
         )
 
     def process_sync(self, query: Query) -> MoAResult:
@@ -210,6 +346,19 @@ class MixtureOfAgents:
         shape = "+".join(str(len(layer.neurons)) for layer in self.layers)
         annotator = "annotator+" if self.annotator is not None else ""
         return f"<MixtureOfAgents {annotator}{shape}+aggregator>"
+
+
+def _closer(queue: asyncio.Queue[NeuronResult | None]) -> Callable[[object], None]:
+    """A done-callback that marks the end of `queue` with None."""
+    return lambda _: queue.put_nowait(None)
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel `task` if it is still running (the consumer left early) and wait for it."""
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def create_moa_from_config(

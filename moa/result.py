@@ -7,11 +7,11 @@ Every result type is a frozen pydantic model, so `result.model_dump_json()` give
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-__all__ = ["LayerResult", "MoAResult", "NeuronResult", "Usage"]
+__all__ = ["LayerResult", "MoAResult", "NeuronResult", "Truncation", "Usage", "total_cost"]
 
 _FROZEN = ConfigDict(frozen=True)
 
@@ -44,6 +44,41 @@ class Usage(BaseModel):
         return cls(prompt_tokens=prompt, completion_tokens=completion)
 
 
+def total_cost(calls: Iterable[NeuronResult]) -> float | None:
+    """USD summed over the calls that answered; `None` if any of them has an unknown cost
+    (a partial sum would pass for the whole bill). Failed calls are not counted."""
+    total = 0.0
+    for call in calls:
+        if call.ok:
+            if call.cost is None:
+                return None
+            total += call.cost
+    return total
+
+
+class Truncation(BaseModel):
+    """One reference cut to fit a context budget before `layer` saw it.
+
+    `kept_tokens == 0` means the reference was left out entirely. Tokens are counted with
+    the receiving neuron's tokenizer; the marker appended to a cut text is not counted.
+    """
+
+    model_config = _FROZEN
+
+    layer: str = Field(
+        description="Who received the reference: proposal_layers[i] or aggregation_layer."
+    )
+    path: str = Field(description="Config path of the neuron whose answer was cut.")
+    weight: float
+    original_tokens: int
+    kept_tokens: int
+    reason: Literal["max_reference_tokens", "max_context_tokens"]
+
+    @property
+    def dropped(self) -> bool:
+        return self.kept_tokens == 0
+
+
 class NeuronResult(BaseModel):
     """One neuron's call: what it answered, or why it failed, and how long it took.
 
@@ -65,7 +100,10 @@ class NeuronResult(BaseModel):
     start: float = 0.0
     end: float = 0.0
     usage: Usage | None = None
-    cost: float | None = None
+    cost: float | None = Field(default=None, description="USD; None when the price is unknown.")
+    time_to_first_token: float | None = Field(
+        default=None, description="Seconds from the call's start to its first streamed text."
+    )
 
     @property
     def ok(self) -> bool:
@@ -86,6 +124,21 @@ class LayerResult(BaseModel):
     index: int
     neurons: tuple[NeuronResult, ...]
     seconds: float
+    truncations: tuple[Truncation, ...] = Field(
+        default=(), description="References of the previous layer cut to fit this layer's budget."
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def usage(self) -> Usage:
+        """Tokens summed over this layer's calls."""
+        return Usage.total(n.usage for n in self.neurons)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost(self) -> float | None:
+        """USD summed over this layer's answers; None if any answer's price is unknown."""
+        return total_cost(self.neurons)
 
     @property
     def survivors(self) -> tuple[NeuronResult, ...]:
@@ -119,8 +172,13 @@ class MoAResult(BaseModel):
     aggregated: tuple[str, ...] = Field(
         default=(), description="Paths of the responses the aggregator saw, in the order shown."
     )
-    usage: Usage = Field(default_factory=Usage)
-    cost: float | None = None
+    usage: Usage = Field(default_factory=Usage, description="Tokens summed over every call.")
+    cost: float | None = Field(
+        default=None, description="USD over every answer; None if any answer's price is unknown."
+    )
+    truncations: tuple[Truncation, ...] = Field(
+        default=(), description="Every reference cut to fit a budget, the aggregator's included."
+    )
 
     @property
     def neurons(self) -> tuple[NeuronResult, ...]:

@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import CANARY_KEY, EXAMPLES, ROOT
 
-from moa.testing import FakeProvider
+from moa.testing import FakeProvider, Reply
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -68,3 +69,50 @@ def test_quickstart_without_a_key_says_which_variable(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "PROVIDER_API_KEY" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_stream_example_end_to_end(fake: FakeProvider, tmp_path: Path) -> None:
+    """`python examples/stream.py`: progress on stderr, the answer streamed to stdout."""
+    (tmp_path / ".env.local").write_text(
+        f"PROVIDER_API_KEY={CANARY_KEY}\nBASE_URL={fake.base_url}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in {"PROVIDER_API_KEY", "BASE_URL"}}
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "stream.py"), "What is 2+2?"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("answer from meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo\n")
+    assert "cost: unknown" in out.stdout and "Tokens:" in out.stdout
+    assert "proposal_layers[0]..." in out.stderr and "answered in" in out.stderr
+    assert fake.requests[-1].stream and not fake.requests[0].stream
+
+
+def python_blocks(heading: str) -> list[str]:
+    section = README.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)\n```", section, flags=re.S)
+
+
+@pytest.mark.parametrize("heading", ["Streaming", "Context budget"])
+def test_readme_snippets_run(fake: FakeProvider, tmp_path: Path, heading: str) -> None:
+    """The README's streaming and context-budget programs, run against the fake provider."""
+    fake.set_default(Reply(content=" ".join(f"word{i}" for i in range(1200))))
+    (snippet,) = python_blocks(heading)
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet)
+    env = {**os.environ, "PROVIDER_API_KEY": CANARY_KEY, "BASE_URL": fake.base_url}
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    if heading == "Streaming":
+        assert out.stdout.startswith("word0 word1 ")
+        assert "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo" in out.stdout
+    else:
+        assert "proposal_layers[0].neurons[0] -> aggregation_layer: kept 800 of" in out.stdout
+        assert "proposal_layers[0].neurons[1] -> aggregation_layer: kept 400 of" in out.stdout

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from moa.errors import NeuronError
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Reference
 from moa.result import NeuronResult
 
-__all__ = ["call_neuron", "format_responses", "gather_all", "system_then"]
+__all__ = ["StreamedCall", "call_neuron", "format_responses", "gather_all", "system_then"]
 
 _T = TypeVar("_T")
 
@@ -53,7 +53,22 @@ async def call_neuron(
         end = time.perf_counter()
         if semaphore is not None:
             semaphore.release()
-    result = NeuronResult(
+    result = _neuron_result(neuron, layer, index, origin, start, end, generation, failure)
+    return result, generation, failure
+
+
+def _neuron_result(
+    neuron: Neuron,
+    layer: str,
+    index: int,
+    origin: float,
+    start: float,
+    end: float,
+    generation: Generation | None,
+    failure: NeuronError | None,
+    first_token: float | None = None,
+) -> NeuronResult:
+    return NeuronResult(
         path=neuron.path,
         layer=layer,
         index=index,
@@ -68,8 +83,51 @@ async def call_neuron(
         end=end - origin,
         usage=generation.usage if generation is not None else None,
         cost=generation.cost if generation is not None else None,
+        time_to_first_token=first_token - start if first_token is not None else None,
     )
-    return result, generation, failure
+
+
+class StreamedCall:
+    """`neuron.stream(request)` as text deltas; once iterated, `result`, `generation` and
+    `failure` are set exactly as `call_neuron` returns them (a `NeuronError` becomes data,
+    any other exception propagates). Text already yielded stays in `partial_text`."""
+
+    def __init__(
+        self, neuron: Neuron, request: NeuronRequest, *, layer: str, index: int, origin: float
+    ) -> None:
+        self.neuron, self.request = neuron, request
+        self.layer, self.index, self.origin = layer, index, origin
+        self.result: NeuronResult | None = None
+        self.generation: Generation | None = None
+        self.failure: NeuronError | None = None
+        self.partial_text = ""
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        start = time.perf_counter()
+        first: float | None = None
+        pieces: list[str] = []
+        try:
+            async for piece in self.neuron.stream(self.request):
+                if isinstance(piece, Generation):
+                    self.generation = piece
+                    continue
+                if first is None:
+                    first = time.perf_counter()
+                pieces.append(piece)
+                yield piece
+            if self.generation is None:
+                raise TypeError(f"{self.neuron!r}.stream() ended without a Generation")
+        except NeuronError as exc:
+            exc.neuron = exc.neuron or self.neuron.path
+            exc.layer = exc.layer or self.layer
+            self.failure = exc
+            self.generation = None
+        finally:
+            self.partial_text = "".join(pieces)
+        self.result = _neuron_result(
+            self.neuron, self.layer, self.index, self.origin, start, time.perf_counter(),
+            self.generation, self.failure, first,
+        )  # fmt: skip
 
 
 async def gather_all(calls: Sequence[Coroutine[Any, Any, _T]]) -> list[_T]:

@@ -8,18 +8,31 @@ ordered by weight. Weights shown to the aggregator are normalised over what is l
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
+from moa._budget import Budget
 from moa._template import render
 from moa.config import AggregationLayerConfig
-from moa.errors import AggregationFailed
-from moa.layers._call import call_neuron, format_responses, system_then
+from moa.errors import AggregationFailed, NeuronError
+from moa.layers._call import StreamedCall, call_neuron, format_responses, system_then
+from moa.layers.layer import fit_to_budget
 from moa.neurons.base import ChatMessage, Neuron, NeuronRequest, Reference
-from moa.result import LayerResult, NeuronResult
+from moa.result import LayerResult, NeuronResult, Truncation
 
-__all__ = ["AggregationLayer"]
+__all__ = ["Aggregation", "AggregationLayer"]
 
 LAYER_NAME = "aggregation_layer"
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """What the aggregator was asked: the request, the answers it saw (in the order shown,
+    after any cut) and what the budget cut."""
+
+    request: NeuronRequest
+    selected: tuple[Reference, ...]
+    truncations: tuple[Truncation, ...]
 
 
 class AggregationLayer:
@@ -28,6 +41,7 @@ class AggregationLayer:
     def __init__(self, neuron: Neuron, config: AggregationLayerConfig) -> None:
         self.neuron = neuron
         self.config = config
+        self.budget = Budget(config.max_reference_tokens, config.max_context_tokens)
 
     def select(self, references: Sequence[Reference], rng: random.Random) -> list[Reference]:
         """The responses the aggregator sees, in the order it sees them (a new list)."""
@@ -57,18 +71,26 @@ class AggregationLayer:
             },
         )
 
-    async def run(
+    async def prepare(
         self,
         history: Sequence[ChatMessage],
         user_query: str,
         references: Sequence[Reference],
         rng: random.Random,
-        *,
-        origin: float,
-        completed: Sequence[LayerResult] = (),
-    ) -> tuple[NeuronResult, list[Reference]]:
-        """Aggregate; raise `AggregationFailed` (keeping every completed layer) on failure."""
+    ) -> Aggregation:
+        """Select the answers, fit them to the budget (lowest weight cut first, whatever
+        order they are shown in) and build the aggregator's request."""
         selected = self.select(references, rng)
+        if self.budget.active:
+            rank = {ref.path: i for i, ref in enumerate(references)}
+            by_priority = sorted(selected, key=lambda ref: rank[ref.path])
+            fitted, truncations = await fit_to_budget(
+                by_priority, self.budget, self.neuron, layer=LAYER_NAME
+            )
+            kept = {ref.path: ref for ref in fitted}
+            selected = [kept[ref.path] for ref in selected if ref.path in kept]
+        else:
+            truncations = []
         prompt = self.render(user_query, selected)
         turns = (*history[:-1], {"role": "user", "content": prompt})
         request = NeuronRequest(
@@ -76,11 +98,36 @@ class AggregationLayer:
             history=tuple(history),
             references=tuple(selected),
         )
+        return Aggregation(request, tuple(selected), tuple(truncations))
+
+    async def run(
+        self, aggregation: Aggregation, *, origin: float, completed: Sequence[LayerResult] = ()
+    ) -> NeuronResult:
+        """Aggregate; raise `AggregationFailed` (keeping every completed layer) on failure."""
         result, _, failure = await call_neuron(
-            self.neuron, request, layer=LAYER_NAME, index=0, origin=origin
+            self.neuron, aggregation.request, layer=LAYER_NAME, index=0, origin=origin
         )
         if failure is not None:
-            raise AggregationFailed(
-                f"the aggregator failed: {failure}", cause=failure, layers=completed
-            ) from failure
-        return result, selected
+            raise _failed(failure, completed)
+        return result
+
+    async def stream(
+        self, aggregation: Aggregation, *, origin: float, completed: Sequence[LayerResult] = ()
+    ) -> AsyncIterator[str | NeuronResult]:
+        """Aggregate with the neuron's `stream()`: yield text deltas as they arrive, then the
+        aggregator's `NeuronResult`; raise `AggregationFailed` as `run()` does."""
+        call = StreamedCall(
+            self.neuron, aggregation.request, layer=LAYER_NAME, index=0, origin=origin
+        )
+        async for piece in call:
+            yield piece
+        if call.failure is not None:
+            raise _failed(call.failure, completed)
+        assert call.result is not None
+        yield call.result
+
+
+def _failed(failure: NeuronError, completed: Sequence[LayerResult]) -> AggregationFailed:
+    error = AggregationFailed(f"the aggregator failed: {failure}", cause=failure, layers=completed)
+    error.__cause__ = failure
+    return error

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
+from moa._budget import Budget, fit_references
 from moa._template import render
 from moa.errors import AllNeuronsFailed, NeuronError
 from moa.layers._call import call_neuron, format_responses, gather_all, system_then
-from moa.neurons.base import ChatMessage, Neuron, NeuronRequest, Reference
-from moa.result import LayerResult, NeuronResult
+from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Reference
+from moa.result import LayerResult, NeuronResult, Truncation
 
-__all__ = ["Layer", "references_from"]
+__all__ = ["Layer", "fit_to_budget", "references_from"]
+
+_Outcome = tuple[NeuronResult, Generation | None, NeuronError | None]
 
 
 def references_from(layer: LayerResult) -> tuple[Reference, ...]:
@@ -27,17 +31,41 @@ def references_from(layer: LayerResult) -> tuple[Reference, ...]:
     return tuple(refs)
 
 
+async def fit_to_budget(
+    references: Sequence[Reference], budget: Budget | None, neuron: Neuron, *, layer: str
+) -> tuple[list[Reference], list[Truncation]]:
+    """`fit_references` with `neuron`'s tokenizer, in a worker thread (tokenizers block)."""
+    if budget is None or not budget.active or not references:
+        return list(references), []
+
+    def fit() -> tuple[list[Reference], list[Truncation]]:
+        return fit_references(references, budget, neuron.tokenizer(), layer=layer)
+
+    return await asyncio.to_thread(fit)
+
+
 class Layer:
     """Neurons that answer in parallel. From the second layer on, each neuron's system prompt
-    is followed by `reference_prompt` with every surviving answer of the previous layer."""
+    is followed by `reference_prompt` with every surviving answer of the previous layer.
+
+    With a `budget`, those answers are first cut to fit it (counted with the tokenizer of
+    the layer's first neuron).
+    """
 
     def __init__(
-        self, name: str, index: int, neurons: Sequence[Neuron], reference_prompt: str
+        self,
+        name: str,
+        index: int,
+        neurons: Sequence[Neuron],
+        reference_prompt: str,
+        *,
+        budget: Budget | None = None,
     ) -> None:
         self.name = name
         self.index = index
         self.neurons = tuple(neurons)
         self.reference_prompt = reference_prompt
+        self.budget = budget
 
     def _system(self, neuron: Neuron, rendered_refs: str | None) -> str | None:
         parts = [p for p in (neuron.config.prompt, rendered_refs) if p]
@@ -51,9 +79,16 @@ class Layer:
         origin: float,
         semaphore: asyncio.Semaphore | None = None,
         completed: Sequence[LayerResult] = (),
+        on_result: Callable[[NeuronResult], object] | None = None,
     ) -> LayerResult:
-        """Run all neurons; raise `AllNeuronsFailed` (with each cause) if none succeeds."""
+        """Run all neurons; raise `AllNeuronsFailed` (with each cause) if none succeeds.
+
+        `on_result` is called with each neuron's result as soon as that neuron finishes.
+        """
         start = time.perf_counter()
+        references, truncations = await fit_to_budget(
+            references, self.budget, self.neurons[0], layer=self.name
+        )
         rendered = (
             render(self.reference_prompt, {"responses": format_responses(references)})
             if references
@@ -76,6 +111,8 @@ class Layer:
             )
             for i, neuron in enumerate(self.neurons)
         ]
+        if on_result is not None:
+            calls = [_reporting(call, on_result) for call in calls]
         outcomes = await gather_all(calls)
         results: list[NeuronResult] = [result for result, _, _ in outcomes]
         layer = LayerResult(
@@ -83,6 +120,7 @@ class Layer:
             index=self.index,
             neurons=tuple(results),
             seconds=time.perf_counter() - start,
+            truncations=tuple(truncations),
         )
         if not layer.survivors:
             failures: list[NeuronError] = [f for _, _, f in outcomes if f is not None]
@@ -94,3 +132,11 @@ class Layer:
                 layers=(*completed, layer),
             )
         return layer
+
+
+async def _reporting(
+    call: Coroutine[Any, Any, _Outcome], report: Callable[[NeuronResult], object]
+) -> _Outcome:
+    outcome = await call
+    report(outcome[0])
+    return outcome

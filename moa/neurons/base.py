@@ -10,16 +10,26 @@ exception is treated as a bug and propagates.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from moa.config import NeuronConfig
 from moa.result import Usage
 from moa.settings import Settings
 
-__all__ = ["ChatMessage", "Generation", "Neuron", "NeuronRequest", "Reference"]
+__all__ = [
+    "ChatMessage",
+    "Generation",
+    "Neuron",
+    "NeuronRequest",
+    "Reference",
+    "TokenLimits",
+    "Tokenizer",
+    "WordTokenizer",
+]
 
 ChatMessage = Mapping[str, str]
 """A chat turn: `{"role": "system" | "user" | "assistant", "content": str}`."""
@@ -58,6 +68,51 @@ class Generation:
     cost: float | None = None
     model: str | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
+
+
+class Tokenizer(Protocol):
+    """Turns text into a model's tokens and back; used to fit context budgets.
+
+    Methods may block (load a vocabulary, encode long text): moa calls them in a worker
+    thread, never on the event loop.
+    """
+
+    def encode(self, text: str) -> Sequence[int]: ...
+
+    def decode(self, tokens: Sequence[int]) -> str: ...
+
+
+_PIECES = re.compile(r"\S+\s*|\s+")
+
+
+class WordTokenizer:
+    """A model-free fallback for neuron types without a tokenizer: one token per word
+    (with its trailing whitespace). `decode(encode(t)[:n])` is a prefix of `t`."""
+
+    def __init__(self) -> None:
+        self._pieces: dict[int, str] = {}
+        self._ids: dict[str, int] = {}
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for piece in _PIECES.findall(text):
+            token = self._ids.get(piece)
+            if token is None:
+                token = self._ids[piece] = len(self._ids)
+                self._pieces[token] = piece
+            ids.append(token)
+        return ids
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return "".join(self._pieces[t] for t in tokens)
+
+
+@dataclass(frozen=True)
+class TokenLimits:
+    """A model's context window and longest answer, in tokens; None when unknown."""
+
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
 
 
 class Neuron(ABC):
@@ -106,6 +161,16 @@ class Neuron(ABC):
         generation = await self.generate(request)
         yield generation.text
         yield generation
+
+    def tokenizer(self) -> Tokenizer | None:
+        """The tokenizer of this neuron's model, for context budgets; None (the default)
+        falls back to `WordTokenizer`. May block: called in a worker thread."""
+        return None
+
+    def token_limits(self) -> TokenLimits:
+        """Context window and longest answer of this neuron, for the context-window check
+        made before the first call. May block: called in a worker thread."""
+        return TokenLimits()
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Release resources (clients, models)."""

@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
@@ -35,11 +35,11 @@ from moa.errors import (
 from moa.errors import TimeoutError as NeuronTimeout
 from moa.hookspecs import RegisterNeuron, hookimpl
 from moa.neurons._providers import LITELLM_PROVIDERS
-from moa.neurons.base import Generation, Neuron, NeuronRequest
+from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, TokenLimits
 from moa.result import Usage
 from moa.settings import Settings
 
-__all__ = ["LLMNeuron", "Route", "load_litellm", "resolve_route"]
+__all__ = ["LLMNeuron", "LiteLLMTokenizer", "Route", "load_litellm", "resolve_route"]
 
 logger = logging.getLogger("moa")
 
@@ -65,6 +65,15 @@ class LLMConfig(NeuronConfig):
     max_retries: int | None = Field(default=None, ge=0, le=10)
     params: dict[str, JsonValue] = Field(
         default_factory=dict, description="Extra litellm/provider parameters (top_p, stop...)."
+    )
+    input_cost_per_token: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per prompt token, for models litellm has no price for; "
+        "setting either price overrides litellm's (an unset one counts as 0).",
+    )
+    output_cost_per_token: float | None = Field(
+        default=None, ge=0, description="USD per completion token (see input_cost_per_token)."
     )
 
 
@@ -172,12 +181,13 @@ class LLMNeuron(Neuron):
         self._retries = (
             config.max_retries if config.max_retries is not None else self.settings.max_retries
         )
+        self._unpriced = False
 
     async def prepare(self) -> None:
         await _aload_litellm()
 
-    async def generate(self, request: NeuronRequest) -> Generation:
-        litellm = await _aload_litellm()
+    def _request_kwargs(self, request: NeuronRequest) -> dict[str, Any]:
+        """litellm arguments of one call, shared by `generate()` and `stream()`."""
         kwargs: dict[str, Any] = dict(self.config.params)
         kwargs.update(
             model=self.route.model,
@@ -193,11 +203,53 @@ class LLMNeuron(Neuron):
             kwargs["api_base"] = self.route.api_base
         if self.route.api_key is not None:
             kwargs["api_key"] = self.route.api_key.get_secret_value()
+        return kwargs
+
+    async def generate(self, request: NeuronRequest) -> Generation:
+        litellm = await _aload_litellm()
+        kwargs = self._request_kwargs(request)
         with self._map_errors():
             response = await litellm.acompletion(**kwargs)
-        return self._parse(response)
+        return await self._parse(response, request)
 
-    def _parse(self, response: Any) -> Generation:
+    async def stream(self, request: NeuronRequest) -> AsyncIterator[str | Generation]:
+        """Stream through litellm (`stream_options.include_usage`, so the provider reports
+        usage in its last chunk); yield each text delta as it arrives, then the Generation."""
+        litellm = await _aload_litellm()
+        kwargs = self._request_kwargs(request)
+        kwargs.update(stream=True, stream_options={"include_usage": True})
+        pieces: list[str] = []
+        raw_usage: Any = None
+        model: str | None = None
+        finished = False
+        with self._map_errors():
+            response = await litellm.acompletion(**kwargs)
+            try:
+                async for chunk in response:
+                    raw_usage = getattr(chunk, "usage", None) or raw_usage
+                    model = model or getattr(chunk, "model", None)
+                    choices = getattr(chunk, "choices", None)
+                    if not choices:  # the include_usage chunk has choices=[]
+                        continue
+                    finished = finished or bool(getattr(choices[0], "finish_reason", None))
+                    delta = getattr(choices[0], "delta", None)
+                    text = getattr(delta, "content", None)
+                    if isinstance(text, str) and text:
+                        pieces.append(text)
+                        yield text
+            finally:
+                aclose = getattr(response, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        text = "".join(pieces)
+        if not text.strip():
+            raise self._error(InvalidResponseError, "the provider streamed no content")
+        if not finished:
+            raise self._error(InvalidResponseError, "the stream ended before it was complete")
+        usage = await self._usage(raw_usage, request, text)
+        yield Generation(text=text, usage=usage, cost=self.cost(usage), model=model)
+
+    async def _parse(self, response: Any, request: NeuronRequest) -> Generation:
         choices = getattr(response, "choices", None) or []
         if not choices:
             raise self._error(InvalidResponseError, "the provider returned no choices")
@@ -205,20 +257,64 @@ class LLMNeuron(Neuron):
         text = getattr(message, "content", None)
         if not isinstance(text, str) or not text.strip():
             raise self._error(InvalidResponseError, "the provider returned empty content")
-        raw_usage = getattr(response, "usage", None)
-        usage = None
-        if raw_usage is not None:
-            usage = Usage(
-                prompt_tokens=int(getattr(raw_usage, "prompt_tokens", 0) or 0),
-                completion_tokens=int(getattr(raw_usage, "completion_tokens", 0) or 0),
-            )
-        hidden = getattr(response, "_hidden_params", None) or {}
-        cost = hidden.get("response_cost") if isinstance(hidden, dict) else None
+        usage = await self._usage(getattr(response, "usage", None), request, text)
         return Generation(
-            text=text,
-            usage=usage,
-            cost=float(cost) if isinstance(cost, (int, float)) else None,
-            model=getattr(response, "model", None),
+            text=text, usage=usage, cost=self.cost(usage), model=getattr(response, "model", None)
+        )
+
+    async def _usage(self, raw: Any, request: NeuronRequest, text: str) -> Usage:
+        """The provider's usage; counted with litellm's tokenizer when the provider sent none."""
+        prompt = getattr(raw, "prompt_tokens", None) if raw is not None else None
+        completion = getattr(raw, "completion_tokens", None) if raw is not None else None
+        if isinstance(prompt, int) and isinstance(completion, int) and prompt + completion > 0:
+            return Usage(prompt_tokens=prompt, completion_tokens=completion)
+        # Off the event loop: a tokenizer may load (or, outside offline mode, download).
+        return await asyncio.to_thread(self.count_usage, request.messages, text)
+
+    def count_usage(self, messages: Sequence[ChatMessage], completion: str) -> Usage:
+        """Tokens of a call counted by litellm for this model (blocking)."""
+        litellm = load_litellm()
+        prompt = litellm.token_counter(model=self.route.model, messages=[dict(m) for m in messages])
+        completed = litellm.token_counter(model=self.route.model, text=completion)
+        return Usage(prompt_tokens=int(prompt), completion_tokens=int(completed))
+
+    def cost(self, usage: Usage | None) -> float | None:
+        """USD of one call: the config's prices if set, else litellm's local cost map; None
+        for a model litellm does not know (never a made-up 0). Computed once per call from
+        usage, so streaming and non-streaming calls are priced the same way."""
+        if usage is None:
+            return None
+        config = self.config
+        if config.input_cost_per_token is not None or config.output_cost_per_token is not None:
+            return (config.input_cost_per_token or 0.0) * usage.prompt_tokens + (
+                config.output_cost_per_token or 0.0
+            ) * usage.completion_tokens
+        if self._unpriced:
+            return None
+        try:
+            prompt_cost, completion_cost = load_litellm().cost_per_token(
+                model=self.route.model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
+        except Exception:  # litellm raises for models missing from its map
+            self._unpriced = True  # remembered: the lookup and its exception cost ~0.2 ms
+            return None
+        return float(prompt_cost) + float(completion_cost)
+
+    def tokenizer(self) -> LiteLLMTokenizer:
+        return LiteLLMTokenizer(self.route.model)
+
+    def token_limits(self) -> TokenLimits:
+        try:
+            info = load_litellm().get_model_info(self.route.model)
+        except Exception:  # unknown model
+            info = {}
+        max_input = info.get("max_input_tokens")  # (litellm's max_tokens is ambiguous)
+        max_output = self.config.max_tokens or info.get("max_output_tokens")
+        return TokenLimits(
+            max_input_tokens=max_input if isinstance(max_input, int) else None,
+            max_output_tokens=max_output if isinstance(max_output, int) else None,
         )
 
     def _error(self, cls: type[NeuronError], message: str, **extra: Any) -> NeuronError:
@@ -252,6 +348,21 @@ class LLMNeuron(Neuron):
 
     def __repr__(self) -> str:
         return f"<LLMNeuron {self.path} {self.route.model!r} at {self.route.api_base or 'litellm'}>"
+
+
+class LiteLLMTokenizer:
+    """litellm's tokenizer for a model (tiktoken, or a bundled Hugging Face tokenizer; with
+    `LITELLM_OFFLINE_MODE` nothing is downloaded). Blocking: use from a worker thread."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def encode(self, text: str) -> list[int]:
+        return list(load_litellm().encode(model=self.model, text=text))
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        text: str = load_litellm().decode(model=self.model, tokens=list(tokens))
+        return text.rstrip("\ufffd")  # a cut inside a multi-byte character
 
 
 def _retry_after(exc: Exception) -> float | None:
