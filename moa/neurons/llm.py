@@ -34,6 +34,7 @@ from moa.errors import (
 )
 from moa.errors import TimeoutError as NeuronTimeout
 from moa.hookspecs import RegisterNeuron, hookimpl
+from moa.neurons import _http
 from moa.neurons._providers import LITELLM_PROVIDERS
 from moa.neurons.base import Generation, Neuron, NeuronRequest
 from moa.result import Usage
@@ -125,6 +126,7 @@ def _key_from(
 
 _litellm: ModuleType | None = None
 _litellm_lock = threading.Lock()
+_UNPLANNED = object()
 
 
 def load_litellm() -> ModuleType:
@@ -155,8 +157,81 @@ async def _aload_litellm() -> ModuleType:
     return await asyncio.to_thread(load_litellm)
 
 
+@dataclass(frozen=True)
+class FastPlan:
+    """A call litellm has resolved once (provider, URL, key, provider-mapped parameters) and
+    moa makes itself over a pooled HTTP connection, without litellm's per-call bookkeeping."""
+
+    url: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    provider: str
+    input_cost: float | None
+    output_cost: float | None
+
+
+def plan_fast_path(litellm: ModuleType, config: LLMConfig, route: Route) -> FastPlan | None:
+    """The fast-path plan for an OpenAI-compatible provider, or None to stay on litellm."""
+    if os.environ.get("MOA_FAST_PATH", "1").lower() in {"0", "false", "no", "off"}:
+        return None
+    try:
+        model, provider, dynamic_key, api_base = litellm.get_llm_provider(
+            route.model, api_base=route.api_base
+        )
+    except Exception:
+        return None
+    if provider != "openai" and provider not in litellm.openai_compatible_providers:
+        return None
+    base = route.api_base or api_base
+    if base is None and provider == "openai":
+        base = os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    key = route.api_key.get_secret_value() if route.api_key is not None else dynamic_key
+    if key is None and provider == "openai":
+        key = os.environ.get("OPENAI_API_KEY")
+    if not base or not key:
+        return None
+    try:
+        params = litellm.get_optional_params(
+            model=model,
+            custom_llm_provider=provider,
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            **config.params,
+        )
+    except Exception:
+        return None  # litellm's own path will report the problem on the call
+    params.pop("stream", None)
+    extra_body = params.pop("extra_body", None) or {}
+    input_cost = output_cost = None
+    try:
+        info = litellm.get_model_info(model=model, custom_llm_provider=provider)
+        input_cost = info.get("input_cost_per_token")
+        output_cost = info.get("output_cost_per_token")
+    except Exception:
+        pass  # unknown model: cost stays None, never a made-up 0
+    return FastPlan(
+        url=base.rstrip("/") + "/chat/completions",
+        body={"model": model, **params, **extra_body},
+        headers={"Authorization": f"Bearer {key}"},
+        provider=provider,
+        input_cost=input_cost,
+        output_cost=output_cost,
+    )
+
+
+def _usage_of(raw: Any) -> Usage | None:
+    if raw is None:
+        return None
+    get = raw.get if isinstance(raw, dict) else lambda name, _=None: getattr(raw, name, None)
+    return Usage(
+        prompt_tokens=int(get("prompt_tokens") or 0),
+        completion_tokens=int(get("completion_tokens") or 0),
+    )
+
+
 class LLMNeuron(Neuron):
-    """A chat model called through litellm."""
+    """A chat model: litellm resolves the provider; OpenAI-compatible endpoints are then called
+    directly (the fast path), every other provider through `litellm.acompletion`."""
 
     Config = LLMConfig
     config: LLMConfig
@@ -172,11 +247,49 @@ class LLMNeuron(Neuron):
         self._retries = (
             config.max_retries if config.max_retries is not None else self.settings.max_retries
         )
+        self._plan: FastPlan | object | None = _UNPLANNED
+
+    @property
+    def fast_path(self) -> bool:
+        """True once prepared, if calls bypass litellm's per-call bookkeeping."""
+        return isinstance(self._plan, FastPlan)
+
+    async def _generate_fast(self, plan: FastPlan, request: NeuronRequest) -> Generation:
+        secret = self.route.api_key.get_secret_value() if self.route.api_key else None
+        body = {**plan.body, "messages": [dict(m) for m in request.messages]}
+        try:
+            data = await _http.post_json(
+                plan.url, body, plan.headers, timeout_s=self._timeout, secrets=[secret or ""]
+            )
+        except NeuronError as exc:
+            exc.model = self.config.model
+            exc.neuron = exc.neuron or self.path
+            raise
+        choices = data.get("choices") or []
+        if not choices or not isinstance(choices[0], dict):
+            raise self._error(InvalidResponseError, "the provider returned no choices")
+        text = (choices[0].get("message") or {}).get("content")
+        if not isinstance(text, str) or not text.strip():
+            raise self._error(InvalidResponseError, "the provider returned empty content")
+        usage = _usage_of(data.get("usage"))
+        cost = None
+        if usage is not None and plan.input_cost is not None and plan.output_cost is not None:
+            cost = (
+                usage.prompt_tokens * plan.input_cost
+                + usage.completion_tokens * plan.output_cost
+            )
+        return Generation(text=text, usage=usage, cost=cost, model=data.get("model"))
 
     async def prepare(self) -> None:
-        await _aload_litellm()
+        if self._plan is _UNPLANNED:
+            litellm = await _aload_litellm()
+            self._plan = plan_fast_path(litellm, self.config, self.route)
 
     async def generate(self, request: NeuronRequest) -> Generation:
+        if self._plan is _UNPLANNED:
+            await self.prepare()
+        if isinstance(self._plan, FastPlan):
+            return await self._generate_fast(self._plan, request)
         litellm = await _aload_litellm()
         kwargs: dict[str, Any] = dict(self.config.params)
         kwargs.update(
@@ -205,13 +318,7 @@ class LLMNeuron(Neuron):
         text = getattr(message, "content", None)
         if not isinstance(text, str) or not text.strip():
             raise self._error(InvalidResponseError, "the provider returned empty content")
-        raw_usage = getattr(response, "usage", None)
-        usage = None
-        if raw_usage is not None:
-            usage = Usage(
-                prompt_tokens=int(getattr(raw_usage, "prompt_tokens", 0) or 0),
-                completion_tokens=int(getattr(raw_usage, "completion_tokens", 0) or 0),
-            )
+        usage = _usage_of(getattr(response, "usage", None))
         hidden = getattr(response, "_hidden_params", None) or {}
         cost = hidden.get("response_cost") if isinstance(hidden, dict) else None
         return Generation(
