@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -250,6 +249,8 @@ def load_config(source: Source, *, is_file_path: bool | None = None) -> MoAConfi
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    import yaml  # lazily: `import moa` stays light
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

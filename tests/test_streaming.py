@@ -141,8 +141,8 @@ async def test_a_stream_failing_mid_way_reports_it_and_keeps_the_proposals(
     assert isinstance(error, StreamFailed) and error.kind == "error"
     assert error.error_type == "AggregationFailed"
     assert error.error == str(caught.value)
-    expected = "TimeoutError" if fault == "hang_after_first_token" else "ended before"
-    assert expected in error.error
+    expected = "time" if fault == "hang_after_first_token" else "ended before"
+    assert expected in error.error.lower()  # "TimeoutError: ..." via litellm, "timed out: ..." fast
     assert error.partial_text == text
     assert [n.text for n in error.layers[0].neurons] == ["answer from m/p1", "answer from m/p2"]
     assert caught.value.proposals == ["answer from m/p1", "answer from m/p2"]

@@ -34,6 +34,7 @@ from moa.errors import (
 )
 from moa.errors import TimeoutError as NeuronTimeout
 from moa.hookspecs import RegisterNeuron, hookimpl
+from moa.neurons import _http
 from moa.neurons._providers import LITELLM_PROVIDERS
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, TokenLimits
 from moa.result import Usage
@@ -134,6 +135,7 @@ def _key_from(
 
 _litellm: ModuleType | None = None
 _litellm_lock = threading.Lock()
+_UNPLANNED = object()
 
 
 def load_litellm() -> ModuleType:
@@ -164,8 +166,68 @@ async def _aload_litellm() -> ModuleType:
     return await asyncio.to_thread(load_litellm)
 
 
+@dataclass(frozen=True)
+class FastPlan:
+    """A call litellm has resolved once (provider, URL, key, provider-mapped parameters) and
+    moa makes itself over a pooled HTTP connection, without litellm's per-call bookkeeping."""
+
+    url: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    provider: str
+
+
+def plan_fast_path(litellm: ModuleType, config: LLMConfig, route: Route) -> FastPlan | None:
+    """The fast-path plan for an OpenAI-compatible provider, or None to stay on litellm."""
+    if os.environ.get("MOA_FAST_PATH", "1").lower() in {"0", "false", "no", "off"}:
+        return None
+    try:
+        model, provider, dynamic_key, api_base = litellm.get_llm_provider(
+            route.model, api_base=route.api_base
+        )
+    except Exception:
+        return None
+    if provider != "openai" and provider not in litellm.openai_compatible_providers:
+        return None
+    base = route.api_base or api_base
+    if base is None and provider == "openai":
+        base = os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    key = route.api_key.get_secret_value() if route.api_key is not None else dynamic_key
+    if key is None and provider == "openai":
+        key = os.environ.get("OPENAI_API_KEY")
+    if not base or not key:
+        return None
+    try:
+        params = litellm.get_optional_params(
+            model=model,
+            custom_llm_provider=provider,
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            **config.params,
+        )
+    except Exception:
+        return None  # litellm's own path will report the problem on the call
+    params.pop("stream", None)
+    extra_body = params.pop("extra_body", None) or {}
+    return FastPlan(
+        url=base.rstrip("/") + "/chat/completions",
+        body={"model": model, **params, **extra_body},
+        headers={"Authorization": f"Bearer {key}"},
+        provider=provider,
+    )
+
+
+def _field(obj: Any, name: str) -> Any:
+    """`obj[name]` for the fast path's dicts, `obj.name` for litellm's objects."""
+    if obj is None:
+        return None
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
 class LLMNeuron(Neuron):
-    """A chat model called through litellm."""
+    """A chat model. litellm resolves the provider; OpenAI-compatible endpoints are then called
+    directly (the fast path, see `plan_fast_path`), every other provider through
+    `litellm.acompletion`. Both paths parse, count, price and fail the same way."""
 
     Config = LLMConfig
     config: LLMConfig
@@ -182,9 +244,17 @@ class LLMNeuron(Neuron):
             config.max_retries if config.max_retries is not None else self.settings.max_retries
         )
         self._unpriced = False
+        self._plan: FastPlan | object | None = _UNPLANNED
+
+    @property
+    def fast_path(self) -> bool:
+        """True once prepared, if calls bypass litellm's per-call bookkeeping."""
+        return isinstance(self._plan, FastPlan)
 
     async def prepare(self) -> None:
-        await _aload_litellm()
+        if self._plan is _UNPLANNED:
+            litellm = await _aload_litellm()
+            self._plan = plan_fast_path(litellm, self.config, self.route)
 
     def _request_kwargs(self, request: NeuronRequest) -> dict[str, Any]:
         """litellm arguments of one call, shared by `generate()` and `stream()`."""
@@ -205,42 +275,70 @@ class LLMNeuron(Neuron):
             kwargs["api_key"] = self.route.api_key.get_secret_value()
         return kwargs
 
+    def _secrets(self) -> list[str]:
+        return [self.route.api_key.get_secret_value()] if self.route.api_key else []
+
     async def generate(self, request: NeuronRequest) -> Generation:
-        litellm = await _aload_litellm()
-        kwargs = self._request_kwargs(request)
+        await self.prepare()
+        plan = self._plan
         with self._map_errors():
-            response = await litellm.acompletion(**kwargs)
+            if isinstance(plan, FastPlan):
+                body = {**plan.body, "messages": [dict(m) for m in request.messages]}
+                response: Any = await _http.post_json(
+                    plan.url, body, plan.headers, timeout_s=self._timeout, secrets=self._secrets()
+                )
+            else:
+                litellm = await _aload_litellm()
+                response = await litellm.acompletion(**self._request_kwargs(request))
         return await self._parse(response, request)
 
-    async def stream(self, request: NeuronRequest) -> AsyncIterator[str | Generation]:
-        """Stream through litellm (`stream_options.include_usage`, so the provider reports
-        usage in its last chunk); yield each text delta as it arrives, then the Generation."""
+    async def _chunks(self, request: NeuronRequest) -> AsyncIterator[Any]:
+        """Raw stream chunks: dicts on the fast path, litellm objects otherwise."""
+        await self.prepare()
+        plan = self._plan
+        if isinstance(plan, FastPlan):
+            body = {
+                **plan.body,
+                "messages": [dict(m) for m in request.messages],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            async for event in _http.stream_sse(
+                plan.url, body, plan.headers, timeout_s=self._timeout, secrets=self._secrets()
+            ):
+                yield event
+            return
         litellm = await _aload_litellm()
         kwargs = self._request_kwargs(request)
         kwargs.update(stream=True, stream_options={"include_usage": True})
+        response = await litellm.acompletion(**kwargs)
+        try:
+            async for chunk in response:
+                yield chunk
+        finally:
+            aclose = getattr(response, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def stream(self, request: NeuronRequest) -> AsyncIterator[str | Generation]:
+        """Stream with `stream_options.include_usage` (the provider reports usage in its last
+        chunk); yield each text delta as it arrives, then the Generation."""
         pieces: list[str] = []
         raw_usage: Any = None
         model: str | None = None
         finished = False
         with self._map_errors():
-            response = await litellm.acompletion(**kwargs)
-            try:
-                async for chunk in response:
-                    raw_usage = getattr(chunk, "usage", None) or raw_usage
-                    model = model or getattr(chunk, "model", None)
-                    choices = getattr(chunk, "choices", None)
-                    if not choices:  # the include_usage chunk has choices=[]
-                        continue
-                    finished = finished or bool(getattr(choices[0], "finish_reason", None))
-                    delta = getattr(choices[0], "delta", None)
-                    text = getattr(delta, "content", None)
-                    if isinstance(text, str) and text:
-                        pieces.append(text)
-                        yield text
-            finally:
-                aclose = getattr(response, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            async for chunk in self._chunks(request):
+                raw_usage = _field(chunk, "usage") or raw_usage
+                model = model or _field(chunk, "model")
+                choices = _field(chunk, "choices")
+                if not choices:  # the include_usage chunk has choices=[]
+                    continue
+                finished = finished or bool(_field(choices[0], "finish_reason"))
+                text = _field(_field(choices[0], "delta"), "content")
+                if isinstance(text, str) and text:
+                    pieces.append(text)
+                    yield text
         text = "".join(pieces)
         if not text.strip():
             raise self._error(InvalidResponseError, "the provider streamed no content")
@@ -250,22 +348,21 @@ class LLMNeuron(Neuron):
         yield Generation(text=text, usage=usage, cost=self.cost(usage), model=model)
 
     async def _parse(self, response: Any, request: NeuronRequest) -> Generation:
-        choices = getattr(response, "choices", None) or []
+        choices = _field(response, "choices") or []
         if not choices:
             raise self._error(InvalidResponseError, "the provider returned no choices")
-        message = getattr(choices[0], "message", None)
-        text = getattr(message, "content", None)
+        text = _field(_field(choices[0], "message"), "content")
         if not isinstance(text, str) or not text.strip():
             raise self._error(InvalidResponseError, "the provider returned empty content")
-        usage = await self._usage(getattr(response, "usage", None), request, text)
+        usage = await self._usage(_field(response, "usage"), request, text)
         return Generation(
-            text=text, usage=usage, cost=self.cost(usage), model=getattr(response, "model", None)
+            text=text, usage=usage, cost=self.cost(usage), model=_field(response, "model")
         )
 
     async def _usage(self, raw: Any, request: NeuronRequest, text: str) -> Usage:
         """The provider's usage; counted with litellm's tokenizer when the provider sent none."""
-        prompt = getattr(raw, "prompt_tokens", None) if raw is not None else None
-        completion = getattr(raw, "completion_tokens", None) if raw is not None else None
+        prompt = _field(raw, "prompt_tokens")
+        completion = _field(raw, "completion_tokens")
         if isinstance(prompt, int) and isinstance(completion, int) and prompt + completion > 0:
             return Usage(prompt_tokens=prompt, completion_tokens=completion)
         # Off the event loop: a tokenizer may load (or, outside offline mode, download).
@@ -325,7 +422,9 @@ class LLMNeuron(Neuron):
         """Turn litellm/openai exceptions into the moa error tree, with the key redacted."""
         try:
             yield
-        except NeuronError:
+        except NeuronError as exc:
+            exc.model = exc.model or self.config.model  # the fast path's errors lack context
+            exc.neuron = exc.neuron or self.path
             raise
         except Exception as exc:
             raise self._mapped(exc) from None

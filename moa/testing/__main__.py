@@ -7,6 +7,7 @@ trying a config by hand: point `BASE_URL` at the printed address.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import threading
 
@@ -25,10 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     with FakeProvider(host=args.host, port=args.port) as provider:
         provider.set_default(Reply(latency=args.latency, stream_delay=args.stream_delay))
         print(provider.base_url, flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

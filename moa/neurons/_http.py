@@ -1,0 +1,195 @@
+"""The fast path's HTTP client: one pooled aiohttp session per event loop, shared by all neurons.
+
+litellm stays in charge of *where* a call goes (provider, URL, key); for OpenAI-compatible
+endpoints this module makes the call itself, skipping litellm's per-call bookkeeping (cost
+calculation, success logging in a thread pool, repeated model-info lookups), which cost ~5x
+the CPU of the HTTP request. Failures are raised as moa's error classes with the upstream
+status code; the caller adds the neuron's context.
+
+Sessions close themselves when their event loop shuts down (`asyncio.run()` finalises async
+generators, and each session is guarded by one), so scripts need no explicit cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from moa.errors import (
+    AuthenticationError,
+    InvalidResponseError,
+    NeuronError,
+    ProviderError,
+    RateLimitError,
+    redact,
+)
+from moa.errors import TimeoutError as NeuronTimeout
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["close_session", "post_json", "stream_sse"]
+
+_sessions: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]
+] = weakref.WeakKeyDictionary()
+
+
+async def _close_at_loop_shutdown(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+async def _session() -> aiohttp.ClientSession:
+    loop = asyncio.get_running_loop()
+    entry = _sessions.get(loop)
+    if entry is not None and not entry[0].closed:
+        return entry[0]
+    import aiohttp
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=True,  # honour HTTP(S)_PROXY like litellm/httpx do
+    )
+    guard = _close_at_loop_shutdown(session)
+    await guard.__anext__()  # registered with the loop's async-generator finaliser
+    _sessions[loop] = (session, guard)
+    return session
+
+
+async def close_session() -> None:
+    """Close this event loop's session now (optional: loop shutdown closes it too)."""
+    entry = _sessions.pop(asyncio.get_running_loop(), None)
+    if entry is not None:
+        await entry[1].aclose()
+
+
+def _error_for(
+    status: int, headers: Mapping[str, str], body: bytes, secrets: Iterable[str]
+) -> NeuronError:
+    message = body.decode("utf-8", "replace")[:2000]
+    try:
+        parsed = json.loads(body)
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            message = str(parsed["error"].get("message") or message)
+        elif isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+            message = parsed["error"]
+    except ValueError:
+        pass
+    message = redact(message, secrets)
+    if status == 429:
+        return RateLimitError(message, status_code=status, retry_after=_retry_after(headers))
+    if status in (401, 403):
+        return AuthenticationError(message, status_code=status)
+    if status in (408, 504):
+        return NeuronTimeout(message, status_code=status)
+    return ProviderError(message, status_code=status)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000.0
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except ValueError:
+        return None
+    return None
+
+
+def _transport_error(exc: BaseException, timeout: float) -> NeuronError:
+    if isinstance(exc, TimeoutError):
+        return NeuronTimeout(f"timed out: no answer within {timeout:g} s")
+    return ProviderError(f"connection failed: {type(exc).__name__}: {exc}")
+
+
+async def post_json(
+    url: str,
+    payload: Mapping[str, Any],
+    headers: Mapping[str, str],
+    *,
+    timeout_s: float,
+    secrets: Iterable[str] = (),
+) -> dict[str, Any]:
+    """POST `payload` as JSON and return the decoded JSON object of a 2xx answer."""
+    import aiohttp
+
+    session = await _session()
+    try:
+        async with session.post(
+            url,
+            data=json.dumps(payload),
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as response:
+            body = await response.read()
+            status = response.status
+            response_headers = response.headers
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _transport_error(exc, timeout_s) from None
+    if status >= 400:
+        raise _error_for(status, response_headers, body, secrets)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise InvalidResponseError(
+            f"the provider answered {status} with a body that is not JSON: {body[:200]!r}",
+            status_code=status,
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidResponseError("the provider answered with JSON that is not an object")
+    return data
+
+
+async def stream_sse(
+    url: str,
+    payload: Mapping[str, Any],
+    headers: Mapping[str, str],
+    *,
+    timeout_s: float,
+    secrets: Iterable[str] = (),
+) -> AsyncIterator[dict[str, Any]]:
+    """POST with `stream: true` and yield each decoded `data:` event until `[DONE]`.
+
+    `timeout_s` bounds the wait for the answer to start and for each following chunk.
+    """
+    import aiohttp
+
+    session = await _session()
+    try:
+        async with session.post(
+            url,
+            data=json.dumps(payload),
+            headers={**headers, "Content-Type": "application/json", "Accept": "text/event-stream"},
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s),
+        ) as response:
+            if response.status >= 400:
+                raise _error_for(response.status, response.headers, await response.read(), secrets)
+            async for raw_line in response.content:
+                line = raw_line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    return
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    raise InvalidResponseError(
+                        f"the provider streamed an event that is not JSON: {data[:200]!r}"
+                    ) from None
+                if isinstance(event, dict):
+                    if isinstance(event.get("error"), dict):
+                        raise ProviderError(
+                            redact(str(event["error"].get("message", event["error"])), secrets)
+                        )
+                    yield event
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _transport_error(exc, timeout_s) from None
+    raise InvalidResponseError("the stream ended before it was complete (no [DONE])")
