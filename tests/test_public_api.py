@@ -18,14 +18,18 @@ def test_all_is_sorted_and_complete() -> None:
         and name
         not in {
             "annotator",
+            "batch",
+            "cli",
             "config",
             "errors",
             "hookspecs",
             "layers",
+            "litellm_provider",
             "mixture",
             "neurons",
             "plugins",
             "result",
+            "server",
             "settings",
             "testing",
         }
