@@ -431,16 +431,16 @@ def serve(configs: tuple[str, ...], host: str, port: int) -> None:
     except ImportError as exc:
         _fail(f"moa serve needs the server extra ({exc.name} is missing): "
               "pip install 'moa-llm[server]'", 2)  # fmt: skip
-    mixtures: dict[str, MixtureOfAgents] = {}
-    if not configs:
-        source = _config_source(None)
-        mixtures["moa"] = _build(source)
+    sources: dict[str, Source] = {}
     for spec in configs:
         name, _, path = spec.rpartition("=")
         name = name or Path(path).stem
-        if name in mixtures:
+        if name in sources:
             raise click.UsageError(f"two mixtures are named {name!r}; use -c NAME=PATH")
-        mixtures[name] = _build(Path(path))
+        sources[name] = Path(path)
+    if not sources:
+        sources["moa"] = _config_source(None)
+    mixtures = {name: _build(source) for name, source in sources.items()}
     api_key = os.environ.get("MOA_SERVER_API_KEY") or None
     app = create_app(mixtures, api_key=api_key)
     auth = "bearer token required" if api_key else "no auth"
