@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moa._wire import describe_error
 from moa.errors import MoAError
 from moa.mixture import MixtureOfAgents
 
@@ -32,7 +33,6 @@ __all__ = [
     "BatchItem",
     "BatchSummary",
     "JsonlAppender",
-    "describe_error",
     "read_items",
     "run_batch",
     "written_ids",
@@ -210,18 +210,6 @@ def _failure(item: BatchItem, message: str, error_type: str, seconds: float) -> 
         "seconds": round(seconds, 6),
         "result": None,
     }
-
-
-def describe_error(exc: BaseException) -> str:
-    """One readable message for an error, with the causes of an `AllNeuronsFailed`."""
-    message = str(exc)
-    if isinstance(exc, BaseExceptionGroup):
-        causes = "; ".join(str(cause) for cause in exc.exceptions)
-        message = f"{exc.message}: {causes}"
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and str(cause) not in message:
-        message = f"{message}: {cause}"
-    return message
 
 
 async def run_batch(

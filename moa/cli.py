@@ -57,7 +57,8 @@ class _Group(click.Group):
     """Turns expected errors into one line on stderr and an exit code, without a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from moa.batch import BatchInputError, describe_error
+        from moa._wire import describe_error
+        from moa.batch import BatchInputError
 
         try:
             return super().invoke(ctx)

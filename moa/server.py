@@ -32,15 +32,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from moa._streaming import Completed, Event, Token, events
-from moa.batch import describe_error
-from moa.errors import (
-    AggregationFailed,
-    AllNeuronsFailed,
-    MoAError,
-    QueryError,
-    RateLimitError,
-)
-from moa.errors import TimeoutError as NeuronTimeout
+from moa._wire import wire_error
+from moa.errors import MoAError
 from moa.mixture import MixtureOfAgents
 from moa.result import MoAResult
 
@@ -77,22 +70,10 @@ class _Disconnected(Exception):
 
 def _api_error(exc: BaseException) -> APIError:
     """The HTTP error a failed run is reported as."""
-    message = describe_error(exc)
-    if isinstance(exc, QueryError):
-        return APIError(400, message, param="messages")
-    causes: list[BaseException] = []
-    if isinstance(exc, AllNeuronsFailed):
-        causes = list(exc.exceptions)
-    elif isinstance(exc, AggregationFailed) and exc.cause is not None:
-        causes = [exc.cause]
-    if causes and all(isinstance(c, RateLimitError) for c in causes):
-        return APIError(429, message, "rate_limit_error", code="rate_limit_exceeded")
-    if causes and all(isinstance(c, NeuronTimeout) for c in causes):
-        return APIError(504, message, "timeout_error", code="upstream_timeout")
-    if isinstance(exc, MoAError):
-        return APIError(502, message, "server_error", code="upstream_error")
-    logger.error("moa server: unexpected error", exc_info=exc)
-    return APIError(500, "internal error in the moa server", "server_error")
+    error = wire_error(exc)
+    if error.status == 500:
+        logger.error("moa server: unexpected error", exc_info=exc)
+    return APIError(error.status, error.message, error.type, param=error.param, code=error.code)
 
 
 def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
