@@ -278,3 +278,15 @@ def test_plugins_lists_name_version_source_and_types(shout_plugin: None) -> None
 def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0 and "moa" in result.stdout
+
+
+def test_run_trace_on_failure_still_shows_completed_layers(
+    fake: FakeProvider, config: Path
+) -> None:
+    fake.script("meta-llama/A", "alpha")
+    fake.script("meta-llama/AGG", Reply(status=500, error_message="aggregator down"))
+    result = invoke("run", "q", "-c", str(config), "--trace", "--no-stream")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "layer 1" in result.stderr and "meta-llama/A" in result.stderr
+    assert "aggregator down" in result.stderr and "Traceback" not in result.stderr

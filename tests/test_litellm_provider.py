@@ -106,11 +106,13 @@ def test_mixtures_from_the_environment_and_from_a_path(
 ) -> None:
     import litellm
 
-    (tmp_path / "other.yaml").write_text(CONFIG.replace("lp/AGG", "lp/OTHER"))
-    monkeypatch.setenv("MOA_LITELLM_CONFIGS", f"other={tmp_path / 'other.yaml'}")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "other.yaml").write_text(CONFIG.replace("lp/AGG", "lp/OTHER"))
+    monkeypatch.setenv("MOA_LITELLM_CONFIGS", f"x=y.yaml,other={tmp_path / 'configs/other.yaml'}")
     response = litellm.completion(model="moa/other", messages=HI)
     assert response.choices[0].message.content == "answer from lp/OTHER"
-    response = litellm.completion(model="moa/other.yaml", messages=HI)  # a path, from the cwd
+    # a path relative to the working directory
+    response = litellm.completion(model="moa/configs/other.yaml", messages=HI)
     assert response.choices[0].message.content == "answer from lp/OTHER"
     assert provider.resolve("moa/other") is provider.resolve("other")  # built once
 
