@@ -96,9 +96,14 @@ def _config_source(config: Path | None) -> Source:
         return config
     try:
         from moa.presets import resolve_default  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "moa.presets":
+            raise  # moa.presets is there but broken: show it
         _fail("no config given: pass -c CONFIG", 2)
-    source, message = resolve_default()
+    try:
+        source, message = resolve_default()
+    except MoAError as exc:
+        _fail(f"no config given and no default mixture available: {exc}", 2)
     if message:
         click.echo(message, err=True)
     return source  # type: ignore[no-any-return,unused-ignore]

@@ -128,6 +128,22 @@ def test_run_without_config_uses_the_default_preset(
     assert result.stdout == "answer from meta-llama/AGG\n"
 
 
+def test_run_without_config_when_no_default_is_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from moa import MoAError
+
+    def nothing() -> None:
+        raise MoAError("no provider key found (set PROVIDER_API_KEY or OPENAI_API_KEY)")
+
+    presets = types.ModuleType("moa.presets")
+    presets.resolve_default = nothing  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "moa.presets", presets)
+    result = invoke("run", "q")
+    assert result.exit_code == 2
+    assert "no default mixture available: no provider key found" in result.stderr
+
+
 def test_run_with_an_empty_query_is_a_usage_error(config: Path) -> None:
     result = invoke("run", "-c", str(config), stdin="  \n")
     assert result.exit_code == 2
