@@ -12,7 +12,7 @@ mixture can, with no change on their side.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,10 +53,16 @@ Event = Token | Completed | Progress
 
 
 class StreamError(MoAError):
-    """The mixture reported an error event and ended its stream without raising it."""
+    """The mixture reported an error event and ended its stream without raising it.
 
-    def __init__(self, message: str, *, error_type: str | None = None) -> None:
+    `error_type` is the name of the mixture's error and `layers` the layers that completed.
+    """
+
+    def __init__(
+        self, message: str, *, error_type: str | None = None, layers: Sequence[Any] = ()
+    ) -> None:
         self.error_type = error_type
+        self.layers = tuple(layers)
         super().__init__(message)
 
 
@@ -83,6 +89,7 @@ async def events(moa: MixtureOfAgents, query: Query) -> AsyncGenerator[Event, No
                 error = StreamError(
                     str(getattr(event, "error", "the mixture failed")),
                     error_type=getattr(event, "error_type", None),
+                    layers=getattr(event, "layers", None) or (),
                 )
                 # The mixture may raise its own, richer, error after this event.
                 async for _ in upstream:

@@ -230,7 +230,10 @@ async def run_batch(
     """
     if concurrency < 1:
         raise BatchInputError("concurrency must be at least 1")
-    done, unreadable = written_ids(output)
+    try:
+        done, unreadable = written_ids(output)
+    except OSError as exc:
+        raise BatchInputError(f"cannot use {output} as output: {exc.strerror or exc}") from None
     todo = [item for item in items if _key(item.id) not in done]
     summary = BatchSummary(
         total=len(items), skipped=len(items) - len(todo), unreadable_output_lines=unreadable
@@ -243,7 +246,10 @@ async def run_batch(
     queue: asyncio.Queue[BatchItem] = asyncio.Queue()
     for item in todo:
         queue.put_nowait(item)
-    appender = JsonlAppender(output, sync=sync)
+    try:
+        appender = JsonlAppender(output, sync=sync)
+    except OSError as exc:
+        raise BatchInputError(f"cannot write {output}: {exc.strerror or exc}") from None
 
     async def worker() -> None:
         while True:

@@ -194,3 +194,11 @@ def test_killed_run_resumes_with_every_id_exactly_once(
     ids = [r["id"] for r in records(out)]
     assert sorted(ids) == sorted(f"id-{i}" for i in range(total))  # each exactly once
     assert f"{len(first)} already in out.jsonl" in result.stderr
+
+
+def test_an_unusable_output_is_a_usage_error(env: dict[str, str]) -> None:
+    write_lines(Path("in.jsonl"), [json.dumps("q")])
+    Path("out.jsonl").mkdir()
+    result = batch()
+    assert result.exit_code == 2
+    assert "is a directory" in result.stderr and "Traceback" not in result.output
