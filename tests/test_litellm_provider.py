@@ -132,3 +132,17 @@ def test_unregister_removes_every_trace(provider: Any, fake: FakeProvider) -> No
     provider.unregister()
     assert "moa" not in litellm.provider_list and "moa" not in litellm._custom_providers
     assert all(e["provider"] != "moa" for e in litellm.custom_provider_map)
+
+
+async def test_sync_completion_inside_a_running_event_loop(
+    provider: Any, fake: FakeProvider
+) -> None:
+    """Sync callers inside async code (notebooks, agents) work: the run has its own loop."""
+    import litellm
+
+    script(fake, "from inside a loop")
+    response = litellm.completion(model="moa/mix", messages=HI)
+    assert response.choices[0].message.content == "from inside a loop"
+    script(fake, "streamed inside a loop")
+    chunks = litellm.completion(model="moa/mix", messages=HI, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "streamed inside a loop"
