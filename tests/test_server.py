@@ -378,3 +378,16 @@ def test_moa_serve_usage_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) 
     monkeypatch.setitem(sys.modules, "moa.presets", None)
     none = CliRunner().invoke(cli, ["serve"])
     assert none.exit_code == 2 and "no config given" in none.stderr
+
+
+def test_moa_serve_without_the_server_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from click.testing import CliRunner
+
+    from moa.cli import cli
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    result = CliRunner().invoke(cli, ["serve", "-c", "x.yaml"])
+    assert result.exit_code == 2
+    assert "pip install 'moa-llm[server]'" in result.stderr and "uvicorn" in result.stderr
