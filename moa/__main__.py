@@ -1,0 +1,5 @@
+"""`python -m moa` is the `moa` command."""
+
+from moa.cli import main
+
+main()
