@@ -32,10 +32,11 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from moa._streaming import Completed, Event, Token, events
+from moa._streaming import events
 from moa._wire import wire_error
 from moa.config import MoAConfig, Source
 from moa.errors import ConfigError, MoAError
+from moa.events import Completed, MoAEvent, Token
 from moa.mixture import MixtureOfAgents
 from moa.neurons.llm import load_litellm
 from moa.result import MoAResult
@@ -146,7 +147,7 @@ def _fill(model_response: Any, model: str, result: MoAResult) -> Any:
     return model_response
 
 
-def _chunk(event: Event) -> dict[str, Any] | None:
+def _chunk(event: MoAEvent) -> dict[str, Any] | None:
     if isinstance(event, Token) and event.text:
         return {"text": event.text, "is_finished": False, "finish_reason": "", "usage": None,
                 "index": 0, "tool_use": None}  # fmt: skip
@@ -156,7 +157,7 @@ def _chunk(event: Event) -> dict[str, Any] | None:
     return None
 
 
-def _threaded(moa: MixtureOfAgents, messages: list[Any]) -> Iterator[Event]:
+def _threaded(moa: MixtureOfAgents, messages: list[Any]) -> Iterator[MoAEvent]:
     """`events()` for synchronous callers: the run has its own loop in a worker thread, so
     this works whether or not the caller's thread runs an event loop."""
     inbox: queue.Queue[tuple[str, Any]] = queue.Queue()

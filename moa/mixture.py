@@ -15,7 +15,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +207,7 @@ class MixtureOfAgents:
         assert result is not None, "the pipeline ended without a result"
         return result
 
-    async def stream(self, query: Query) -> AsyncIterator[MoAEvent]:
+    async def stream(self, query: Query) -> AsyncGenerator[MoAEvent, None]:
         """Run the mixture on `query`, yielding events as it goes (see `moa.events`): the
         annotator's result, each layer's start, each neuron as it finishes and each layer's
         end, then the aggregator's text as the upstream streams it, then `Completed` with the
@@ -235,7 +235,7 @@ class MixtureOfAgents:
             )
             raise
 
-    async def stream_text(self, query: Query) -> AsyncIterator[str]:
+    async def stream_text(self, query: Query) -> AsyncGenerator[str, None]:
         """Only the aggregator's text, as it arrives. Raises as `process()` does."""
         async for event in self.stream(query):
             if isinstance(event, Token):

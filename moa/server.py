@@ -31,9 +31,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from moa._streaming import Completed, Event, Token, events
+from moa._streaming import events
 from moa._wire import wire_error
 from moa.errors import MoAError
+from moa.events import Completed, MoAEvent, Token
 from moa.mixture import MixtureOfAgents
 from moa.result import MoAResult
 
@@ -280,7 +281,7 @@ def create_app(
     )
 
 
-async def _result(upstream: AsyncGenerator[Event, None]) -> MoAResult:
+async def _result(upstream: AsyncGenerator[MoAEvent, None]) -> MoAResult:
     async with contextlib.aclosing(upstream):
         async for event in upstream:
             if isinstance(event, Completed):
@@ -288,7 +289,7 @@ async def _result(upstream: AsyncGenerator[Event, None]) -> MoAResult:
     raise MoAError("the mixture ended without a result")
 
 
-async def _first(upstream: AsyncGenerator[Event, None]) -> Token | Completed | None:
+async def _first(upstream: AsyncGenerator[MoAEvent, None]) -> Token | Completed | None:
     async for event in upstream:
         if isinstance(event, (Token, Completed)):
             return event
@@ -313,7 +314,7 @@ def _delta(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, A
 
 
 async def _sse(
-    upstream: AsyncGenerator[Event, None],
+    upstream: AsyncGenerator[MoAEvent, None],
     first: Token | Completed | None,
     header: Mapping[str, Any],
     include_usage: bool,
@@ -322,7 +323,7 @@ async def _sse(
     yield _chunk(header, _delta({"role": "assistant", "content": ""}), **usage)
     result: MoAResult | None = None
     try:
-        event: Event | None = first
+        event: MoAEvent | None = first
         pending = [first] if first is not None else []
         while True:
             if pending:

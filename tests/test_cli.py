@@ -150,25 +150,13 @@ def test_run_with_an_empty_query_is_a_usage_error(config: Path) -> None:
     assert "empty" in result.output
 
 
-def test_run_streams_tokens_when_the_mixture_can(
-    config: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With a `stream()` (issue 4) tokens are printed as they come; progress is ignored."""
-    from types import SimpleNamespace
-
-    from moa import MixtureOfAgents
-
-    async def stream(self: MixtureOfAgents, query: object):  # type: ignore[no-untyped-def]
-        result = await self.process(query)  # type: ignore[arg-type]
-        yield SimpleNamespace(kind="layer_started", layer="proposal_layers[0]", index=0)
-        for piece in ["str", "eam", "ed"]:
-            yield SimpleNamespace(kind="token", text=piece)
-        yield SimpleNamespace(kind="completed", result=result)
-
-    monkeypatch.setattr(MixtureOfAgents, "stream", stream, raising=False)
+def test_run_streams_tokens_as_they_arrive(fake: FakeProvider, config: Path) -> None:
+    """The aggregator is asked to stream and its pieces are printed as they come."""
+    fake.script("meta-llama/AGG", Reply(content="streamed in three pieces", stream_delay=0.01))
     result = invoke("run", "q", "-c", str(config))
     assert result.exit_code == 0, result.output
-    assert result.stdout == "streamed\n"
+    assert result.stdout == "streamed in three pieces\n"
+    assert fake.requests_for("meta-llama/AGG")[0].stream
 
 
 def test_validate_accepts_the_examples() -> None:

@@ -16,7 +16,7 @@ import openai
 import pytest
 from pydantic import SecretStr
 
-from moa import AllNeuronsFailed, MixtureOfAgents, ProviderError, Settings
+from moa import MixtureOfAgents, Settings
 from moa.server import create_app
 from moa.testing import FakeProvider, Reply
 from tests.conftest import CANARY_KEY
@@ -261,30 +261,25 @@ def test_failed_run_gets_an_error_status(server: ServerThread, fake: FakeProvide
 
 
 def test_error_after_the_stream_started_is_sent_in_stream(
-    server: ServerThread, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+    server: ServerThread, fake: FakeProvider
 ) -> None:
-    from types import SimpleNamespace
-
-    async def stream(self: MixtureOfAgents, query: object):  # type: ignore[no-untyped-def]
-        yield SimpleNamespace(kind="token", text="partial ")
-        cause = ProviderError("aggregator exploded", neuron="aggregation_layer")
-        raise AllNeuronsFailed("all 1 neurons of aggregation_layer failed", [cause])
-
-    monkeypatch.setattr(MixtureOfAgents, "stream", stream, raising=False)
+    # the aggregator streams a piece, then its stream ends without finishing
+    fake.script("solo/AGG", Reply(content="partial answer", fault="no_done"))
     body = {"model": "solo", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     raw = httpx.post(f"{server.url}/v1/chat/completions", json=body)
     assert raw.status_code == 200
     events = [e for e in raw.text.split("\n\n") if e]
     assert "data: [DONE]" not in events
     error = json.loads(events[-1].removeprefix("data: "))["error"]
-    assert error["type"] == "server_error" and "aggregator exploded" in error["message"]
+    assert error["type"] == "server_error" and "ended before it was complete" in error["message"]
+    fake.script("solo/AGG", Reply(content="partial answer", fault="no_done"))
     received = []
-    with pytest.raises(openai.APIError, match="aggregator exploded"):
+    with pytest.raises(openai.APIError, match="ended before it was complete"):
         for chunk in client(server).chat.completions.create(
             model="solo", messages=[{"role": "user", "content": "hi"}], stream=True
         ):
             received.append(chunk.choices[0].delta.content or "")
-    assert "".join(received) == "partial "
+    assert "".join(received) == "partial answer"
 
 
 def test_bearer_auth(locked: ServerThread, fake: FakeProvider) -> None:
