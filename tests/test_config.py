@@ -101,7 +101,11 @@ def test_config_is_frozen() -> None:
             "proposal_layers[1].neurons[0].tempreature",
             "did you mean 'temperature'",
         ),
-        ({"type": "nonesuch"}, "proposal_layers[1].neurons[0]", "installed types: llm"),
+        (
+            {"type": "nonesuch"},
+            "proposal_layers[1].neurons[0]",
+            "unknown neuron type 'nonesuch'; installed types:",
+        ),
         ({"base_url": "ftp://x"}, "proposal_layers[1].neurons[0].base_url", "https?"),
     ],
 )
