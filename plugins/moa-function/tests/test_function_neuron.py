@@ -20,6 +20,10 @@ from moa import (
 )
 from moa.plugins import get_neuron_class, plugin_infos
 
+# Every test here runs behind moa's network guard (a fixture of the pytest plugin that
+# moa-llm installs): any connection outside 127.0.0.1 fails the test.
+pytestmark = pytest.mark.usefixtures("moa_network_guard")
+
 MODULE = "moa_function_test_answers"
 
 SOURCE = """

