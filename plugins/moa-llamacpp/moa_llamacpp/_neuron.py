@@ -180,6 +180,8 @@ class LlamaCppNeuron(Neuron):
                 put("done", (finish, _stream_usage(llama.n_tokens, deltas, finish)))
 
         future = self.model.submit(job)
+        # If loading the model fails, `job` never runs: the future's end still wakes us.
+        future.add_done_callback(lambda _: put("ended", None))
         parts: list[str] = []
         try:
             while True:
@@ -189,6 +191,13 @@ class LlamaCppNeuron(Neuron):
                     yield value
                 elif kind == "error":
                     raise value
+                elif kind == "ended":
+                    future.result()  # raises what stopped the call (e.g. GGUFLoadError)
+                    raise LlamaCppError(
+                        "the model thread ended without an answer",
+                        neuron=self.path,
+                        model=self.config.label,
+                    )
                 else:
                     break
             finish, usage = value

@@ -111,6 +111,9 @@ async def test_corrupt_gguf_is_a_clear_error_naming_the_path(tmp_path: Path) -> 
     assert isinstance(caught.value, ConfigError)
     with pytest.raises(GGUFLoadError, match=r"corrupt\.gguf"):  # and again on a call
         await corrupt.generate(request())
+    with pytest.raises(GGUFLoadError, match=r"corrupt\.gguf"):  # and on a stream
+        async for _ in corrupt.stream(request()):
+            pass
 
 
 @needs_model
