@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, JsonValue
+from pydantic import Field, JsonValue, field_validator
 
 from moa import (
     ConfigError,
@@ -44,6 +44,29 @@ class LlamaCppError(NeuronError):
     """llama.cpp failed while answering (e.g. the prompt does not fit in `n_ctx`)."""
 
 
+_SAMPLING_PARAMS = frozenset(
+    {
+        "top_p",
+        "top_k",
+        "min_p",
+        "typical_p",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "repeat_penalty",
+        "tfs_z",
+        "mirostat_mode",
+        "mirostat_tau",
+        "mirostat_eta",
+        "logit_bias",
+        "response_format",
+    }
+)
+"""`create_chat_completion` arguments that `params` may set (JSON values only)."""
+
+_OWN_KEYS = frozenset({"messages", "stream", "temperature", "max_tokens", "seed", "model"})
+
+
 class LlamaCppConfig(NeuronConfig):
     """Options of a `llamacpp` neuron."""
 
@@ -68,6 +91,19 @@ class LlamaCppConfig(NeuronConfig):
         description="Extra create_chat_completion arguments (top_p, top_k, repeat_penalty, "
         "stop, ...).",
     )
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, params: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        for key in params:
+            if key in _OWN_KEYS:
+                raise ValueError(f"set {key!r} as a key of the neuron, not in params")
+            if key not in _SAMPLING_PARAMS:
+                raise ValueError(
+                    f"unknown create_chat_completion argument {key!r} "
+                    f"(allowed: {', '.join(sorted(_SAMPLING_PARAMS))})"
+                )
+        return params
 
     @property
     def label(self) -> str:
@@ -215,7 +251,7 @@ class LlamaCppNeuron(Neuron):
         return Generation(
             text=text,
             usage=usage,
-            model=self.config.label,
+            model=self.model_file.stem,
             extra={"finish_reason": finish_reason, "model_path": str(self.model_file)},
         )
 

@@ -226,3 +226,22 @@ def test_unknown_options_are_rejected() -> None:
                 "aggregation_layer": {"type": "llamacpp"},
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"top_q": 0.5}, "unknown create_chat_completion argument 'top_q'"),
+        ({"max_tokens": 5}, "set 'max_tokens' as a key of the neuron, not in params"),
+    ],
+)
+def test_params_are_checked_against_create_chat_completion(
+    params: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"neurons\[0\]\.params: {message}"):
+        load_config(
+            {
+                "proposal_layers": [{"neurons": [{"type": "llamacpp", "params": params}]}],
+                "aggregation_layer": {"type": "llamacpp", "params": {"repeat_penalty": 1.1}},
+            }
+        )
