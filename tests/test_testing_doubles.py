@@ -76,3 +76,11 @@ def test_the_type_exists_only_while_registered() -> None:
     assert "fake" not in neuron_types()
     with pytest.raises(ConfigError, match="unknown neuron type 'fake'"):
         create_moa_from_config(CONFIG, is_file_path=False)
+
+
+def test_leaving_after_a_plugin_reload_is_clean() -> None:
+    from moa.plugins import reload_plugins
+
+    with fake_neurons():
+        reload_plugins()  # e.g. a test installed a plugin meanwhile
+    assert "fake" not in neuron_types()

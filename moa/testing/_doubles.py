@@ -137,11 +137,12 @@ class FakeNeurons:
 @contextmanager
 def fake_neurons() -> Iterator[FakeNeurons]:
     """Register neuron type `fake` for the duration of the block, then unregister it."""
-    from moa.plugins import register_plugin, unregister_plugin
+    from moa.plugins import get_plugin_manager, register_plugin, unregister_plugin
 
     fakes = FakeNeurons()
     name = register_plugin(fakes, name=f"moa.testing.fake-{id(fakes):x}")
     try:
         yield fakes
     finally:
-        unregister_plugin(name)
+        if get_plugin_manager().has_plugin(name):  # reload_plugins() may have dropped it
+            unregister_plugin(name)
