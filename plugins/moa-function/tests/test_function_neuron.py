@@ -41,6 +41,10 @@ async def count_refs(request):
     texts = " | ".join(ref.text for ref in request.references)
     return f"{len(request.references)} refs: {texts}"
 
+def which_thread(request):
+    import threading
+    return threading.current_thread().name
+
 def system_prompt(request):
     return request.messages[0]["content"]
 
@@ -199,3 +203,18 @@ def test_the_path_must_have_a_module_and_a_name() -> None:
 def test_label_is_the_callable_unless_named() -> None:
     assert FunctionConfig(callable="a.b:c").label == "a.b:c"
     assert FunctionConfig(callable="a.b:c", name="rules").label == "rules"
+
+
+@pytest.mark.parametrize("in_thread", [True, False])
+async def test_sync_functions_run_in_a_worker_thread_unless_told(
+    answers: Any, in_thread: bool
+) -> None:
+    import threading
+
+    moa = mixture(
+        [{"type": "function", "callable": f"{MODULE}:which_thread", "in_thread": in_thread}],
+        {"type": "function", "callable": f"{MODULE}:count_refs"},
+    )
+    result = await moa.process("q")
+    on_loop = result.layers[0].neurons[0].text == threading.current_thread().name
+    assert on_loop is not in_thread

@@ -247,3 +247,24 @@ def test_params_are_checked_against_create_chat_completion(
                 "aggregation_layer": {"type": "llamacpp", "params": {"repeat_penalty": 1.1}},
             }
         )
+
+
+@needs_model
+async def test_generation_runs_off_the_event_loop() -> None:
+    """While the model answers, other coroutines keep running."""
+    busy = neuron(temperature=0.0, max_tokens=32)
+    await busy.prepare()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    before = ticks
+    await busy.generate(request())
+    ticker.cancel()
+    assert ticks - before > 5
