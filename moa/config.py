@@ -320,6 +320,9 @@ def _allowed_keys(loc: tuple[int | str, ...], data: Any) -> list[str]:
     """The keys the model at `loc` accepts, found by walking the raw data alongside the models."""
     model: Any = MoAConfig
     for part in loc:
+        if model is NeuronConfig and not isinstance(part, int):
+            # resolved only once `data` is the neuron's own mapping (not its layer's list)
+            model = _neuron_config_for(data)
         if isinstance(data, (list, dict)) and part != "neuron":
             try:
                 data = data[part]  # type: ignore[index]
@@ -333,8 +336,8 @@ def _allowed_keys(loc: tuple[int | str, ...], data: Any) -> list[str]:
         if field is None:
             return []
         model = _model_of(field.annotation)
-        if model is NeuronConfig:
-            model = _neuron_config_for(data)
+    if model is NeuronConfig:
+        model = _neuron_config_for(data)
     if model is AggregationLayerConfig:
         neuron_cls = _neuron_config_for(data)
         return sorted((set(model.model_fields) - {"neuron"}) | set(neuron_cls.model_fields))

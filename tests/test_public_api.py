@@ -29,6 +29,7 @@ def test_all_is_sorted_and_complete() -> None:
             "mixture",
             "neurons",
             "plugins",
+            "presets",
             "result",
             "server",
             "settings",

@@ -4,6 +4,13 @@
   each test.
 - `moa_settings`: `Settings` whose `BASE_URL` is the fake provider and whose key is a canary.
 - `moa_network_guard`: fails the test if anything tried to reach a non-loopback address.
+  Not autouse: request it, or make it autouse in your conftest.py (moa-llm's own tests do)::
+
+      @pytest.fixture(autouse=True)
+      def _no_network(moa_network_guard): ...
+
+- `moa_fake_neurons`: registers neuron type `fake` for one test: scripted answers and
+  recorded requests per neuron, no model at all (see `moa.testing.FakeNeuron`).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import pytest
 
 if TYPE_CHECKING:
     from moa.settings import Settings
-    from moa.testing import FakeProvider
+    from moa.testing import FakeNeurons, FakeProvider
 
 CANARY_KEY = "sk-moa-canary-7f3a9c1e5b"
 
@@ -59,3 +66,13 @@ def moa_network_guard() -> Iterator[list[str]]:
         yield violations
     if violations:
         pytest.fail(f"test tried to reach the network: {violations}")
+
+
+@pytest.fixture
+def moa_fake_neurons() -> Iterator[FakeNeurons]:
+    """Neuron type `fake` registered for this test (unregistered after): scripted answers
+    (`enqueue`, `respond_with`) and recorded requests (`history`), looked up by label."""
+    from moa.testing import fake_neurons
+
+    with fake_neurons() as fakes:
+        yield fakes
