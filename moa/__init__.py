@@ -13,6 +13,7 @@ from moa.config import (
     MoAConfig,
     NeuronConfig,
     ProposalLayerConfig,
+    RetryConfig,
     load_config,
 )
 from moa.errors import (
@@ -25,6 +26,7 @@ from moa.errors import (
     MoAError,
     NeuronError,
     PluginError,
+    ProviderConnectionError,
     ProviderError,
     QueryError,
     RateLimitError,
@@ -57,10 +59,12 @@ __all__ = [
     "NeuronResult",
     "PluginError",
     "ProposalLayerConfig",
+    "ProviderConnectionError",
     "ProviderError",
     "QueryError",
     "RateLimitError",
     "Reference",
+    "RetryConfig",
     "Settings",
     "TimeoutError",
     "Usage",

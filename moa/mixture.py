@@ -23,6 +23,7 @@ from moa.layers.layer import Layer, references_from
 from moa.neurons.base import ChatMessage, Neuron, Reference
 from moa.plugins import get_neuron_class
 from moa.result import LayerResult, MoAResult, NeuronResult, Usage
+from moa.retry import RetryPolicy
 from moa.settings import Settings
 
 __all__ = ["MixtureOfAgents", "Query", "create_moa_from_config", "normalise_query"]
@@ -67,8 +68,32 @@ def normalise_query(query: Query) -> tuple[list[ChatMessage], str]:
     return messages, user_turns[-1]
 
 
-def _build_neuron(config: NeuronConfig, settings: Settings, path: str) -> Neuron:
-    return get_neuron_class(config.type)(config, settings=settings, path=path)
+def _build_neuron(
+    config: NeuronConfig,
+    settings: Settings,
+    path: str,
+    top: MoAConfig,
+    fallbacks: Sequence[tuple[NeuronConfig, str]] | None = None,
+) -> Neuron:
+    """Build a neuron with its timeout, retry policy and fallbacks (`fallbacks`: configs and
+    paths; default: the neuron's own `fallbacks` key)."""
+    neuron = get_neuron_class(config.type)(config, settings=settings, path=path)
+    neuron.timeout = config.timeout or top.timeout or settings.request_timeout
+    retry = top.retry
+    retries = config.max_retries if config.max_retries is not None else retry.max_retries
+    neuron.retry_policy = RetryPolicy(
+        max_retries=retries if retries is not None else settings.max_retries,
+        backoff_base=retry.backoff_base,
+        backoff_max=retry.backoff_max,
+        jitter=retry.jitter,
+        max_retry_after=retry.max_retry_after,
+    )
+    if fallbacks is None:
+        fallbacks = [(c, f"{path}.fallbacks[{i}]") for i, c in enumerate(config.fallback_configs())]
+    neuron.fallbacks = tuple(
+        _build_neuron(c, settings, fallback_path, top, ()) for c, fallback_path in fallbacks
+    )
+    return neuron
 
 
 class MixtureOfAgents:
@@ -83,23 +108,32 @@ class MixtureOfAgents:
         self.annotator: UserQueryAnnotator | None = None
         if config.use_annotator and config.annotator is not None:
             self.annotator = UserQueryAnnotator(
-                _build_neuron(config.annotator, self.settings, "annotator")
+                _build_neuron(config.annotator, self.settings, "annotator", config)
             )
         self.layers = tuple(
             Layer(
                 f"proposal_layers[{i}]",
                 i,
                 [
-                    _build_neuron(n, self.settings, f"proposal_layers[{i}].neurons[{j}]")
+                    _build_neuron(n, self.settings, f"proposal_layers[{i}].neurons[{j}]", config)
                     for j, n in enumerate(layer.neurons)
                 ],
                 layer.reference_prompt,
+                deadline=layer.deadline,
+                min_responses=layer.min_responses,
             )
             for i, layer in enumerate(config.proposal_layers)
         )
         agg = config.aggregation_layer
+        agg_fallbacks = [
+            (c, f"{LAYER_NAME}.fallbacks[{i}]") for i, c in enumerate(agg.neuron.fallback_configs())
+        ]
+        if agg.fallback_model is not None:
+            agg_fallbacks.append(
+                (agg.neuron.derive(agg.fallback_model), f"{LAYER_NAME}.fallback_model")
+            )
         self.aggregation = AggregationLayer(
-            _build_neuron(agg.neuron, self.settings, LAYER_NAME), agg
+            _build_neuron(agg.neuron, self.settings, LAYER_NAME, config, agg_fallbacks), agg
         )
         self._prepared = False
 
@@ -185,6 +219,7 @@ class MixtureOfAgents:
             aggregated=tuple(ref.path for ref in selected),
             usage=Usage.total(c.usage for c in calls),
             cost=sum(costs) if costs else None,
+            partial=any(layer_result.partial for layer_result in completed),
         )
 
     def process_sync(self, query: Query) -> MoAResult:

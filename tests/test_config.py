@@ -123,7 +123,7 @@ def test_unknown_key_lists_allowed_keys(tmp_path: Path) -> None:
     assert str(file) in str(error)
     message = str(error)
     assert "proposal_layers[0].neurons[0].colour: unknown key 'colour'" in message
-    assert "allowed: api_key_env, base_url, max_retries, max_tokens, model" in message
+    assert "allowed: api_key_env, base_url, fallbacks, max_retries, max_tokens, model" in message
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ def test_all_is_sorted_and_complete() -> None:
             "neurons",
             "plugins",
             "result",
+            "retry",
             "settings",
             "testing",
         }

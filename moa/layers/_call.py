@@ -1,17 +1,31 @@
-"""Call one neuron, time it, and turn an expected failure into data (never into text)."""
+"""Call one neuron, time it, and turn an expected failure into data (never into text).
+
+This is the one call site of every neuron (annotator, proposal layers, aggregator), so the
+timeout, retry policy and fallbacks apply the same way to every neuron type.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 from moa.errors import NeuronError
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Reference
 from moa.result import NeuronResult
+from moa.retry import Retrying
 
-__all__ = ["call_neuron", "format_responses", "gather_all", "system_then"]
+__all__ = [
+    "CallState",
+    "call_neuron",
+    "cut_off",
+    "format_responses",
+    "gather_all",
+    "gather_until",
+    "system_then",
+]
 
 _T = TypeVar("_T")
 
@@ -28,6 +42,24 @@ def format_responses(references: Sequence[Reference]) -> str:
     return "\n\n".join(f"Response {i}:\n{ref.text}" for i, ref in enumerate(references, 1))
 
 
+class CallState:
+    """What is known of one neuron call while it runs: when it started, the attempts made and
+    why they failed. A layer reads it to record a straggler its deadline cut off."""
+
+    __slots__ = ("_current", "_done_attempts", "errors", "start")
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.errors: list[NeuronError] = []
+        self._done_attempts = 0
+        self._current: Retrying | None = None
+
+    @property
+    def attempts(self) -> int:
+        running = self._current.attempts if self._current is not None else 0
+        return self._done_attempts + running
+
+
 async def call_neuron(
     neuron: Neuron,
     request: NeuronRequest,
@@ -36,23 +68,44 @@ async def call_neuron(
     index: int,
     origin: float,
     semaphore: asyncio.Semaphore | None = None,
+    state: CallState | None = None,
 ) -> tuple[NeuronResult, Generation | None, NeuronError | None]:
-    """Run `neuron.generate(request)`; a `NeuronError` is returned, anything else propagates."""
+    """Run `neuron.generate(request)` under its retry policy and timeout, then its fallbacks.
+
+    A `NeuronError` (the last one, when every fallback failed too) is returned; anything else
+    propagates.
+    """
+    state = state if state is not None else CallState()
     if semaphore is not None:
         await semaphore.acquire()
-    start = time.perf_counter()
+    start = state.start = time.perf_counter()
     generation: Generation | None = None
     failure: NeuronError | None = None
+    answered_by: Neuron = neuron
     try:
-        generation = await neuron.generate(request)
-    except NeuronError as exc:
-        exc.neuron = exc.neuron or neuron.path
-        exc.layer = exc.layer or layer
-        failure = exc
+        for candidate in (neuron, *neuron.fallbacks):
+            retrying = state._current = Retrying(candidate.retry_policy, candidate.timeout)
+            try:
+                generation = await retrying.run(partial(candidate.generate, request))
+            except NeuronError as exc:
+                exc.neuron = exc.neuron or candidate.path
+                exc.model = exc.model or candidate.label
+                exc.layer = exc.layer or layer
+                exc.index = index if exc.index is None else exc.index
+                failure = exc
+                continue
+            finally:
+                state.errors.extend(retrying.errors)
+                state._done_attempts += retrying.attempts
+                state._current = None
+            answered_by, failure = candidate, None
+            break
     finally:
         end = time.perf_counter()
         if semaphore is not None:
             semaphore.release()
+    if failure is not None:
+        failure.attempts = state.attempts
     result = NeuronResult(
         path=neuron.path,
         layer=layer,
@@ -68,8 +121,34 @@ async def call_neuron(
         end=end - origin,
         usage=generation.usage if generation is not None else None,
         cost=generation.cost if generation is not None else None,
+        attempts=state.attempts,
+        attempt_errors=tuple(str(e) for e in state.errors),
+        fallback=answered_by.label if answered_by is not neuron else None,
     )
     return result, generation, failure
+
+
+def cut_off(
+    neuron: Neuron, state: CallState, *, layer: str, index: int, origin: float, deadline: float
+) -> NeuronResult:
+    """The trace entry of a straggler that a layer deadline cancelled."""
+    now = time.perf_counter()
+    start = state.start if state.start is not None else now
+    return NeuronResult(
+        path=neuron.path,
+        layer=layer,
+        index=index,
+        model=neuron.label,
+        weight=neuron.weight,
+        error=f"{neuron.path} ({neuron.label}): cut off by the layer deadline of {deadline:g} s",
+        error_type="TimeoutError",
+        seconds=now - start,
+        start=start - origin,
+        end=now - origin,
+        attempts=state.attempts,
+        attempt_errors=tuple(str(e) for e in state.errors),
+        timed_out=True,
+    )
 
 
 async def gather_all(calls: Sequence[Coroutine[Any, Any, _T]]) -> list[_T]:
@@ -87,3 +166,50 @@ async def gather_all(calls: Sequence[Coroutine[Any, Any, _T]]) -> list[_T]:
         first = group_error.exceptions[0]
         raise first from first.__cause__
     return [task.result() for task in tasks]
+
+
+async def gather_until(
+    calls: Sequence[Coroutine[Any, Any, _T]],
+    *,
+    deadline: float,
+    quorum: int,
+    succeeded: Callable[[_T], bool],
+) -> list[_T | None]:
+    """Run coroutines concurrently; once `deadline` seconds have passed and at least `quorum`
+    results satisfy `succeeded`, cancel the rest. Results in order, None for a cancelled one.
+
+    Before returning (or raising), every cancelled call has finished unwinding, so its
+    upstream request is closed and nothing is left running.
+    """
+    loop = asyncio.get_running_loop()
+    cutoff = loop.time() + deadline
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    pending: set[asyncio.Future[_T]] = set(tasks)
+    successes = 0
+    try:
+        while pending:
+            remaining = cutoff - loop.time()
+            if remaining <= 0 and successes >= quorum:
+                break
+            done, pending = await asyncio.wait(
+                pending,
+                timeout=remaining if remaining > 0 else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            bug: BaseException | None = None
+            for task in done:
+                if task.exception() is not None:
+                    bug = bug or task.exception()
+                elif succeeded(task.result()):
+                    successes += 1
+            if bug is not None:
+                raise bug
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+    return [
+        task.result() if task.done() and not task.cancelled() and not task.exception() else None
+        for task in tasks
+    ]

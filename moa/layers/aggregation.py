@@ -80,7 +80,12 @@ class AggregationLayer:
             self.neuron, request, layer=LAYER_NAME, index=0, origin=origin
         )
         if failure is not None:
+            count = len(self.neuron.fallbacks)
+            who = f"the aggregator and its {count} fallback(s)" if count else "the aggregator"
+            reasons = "; ".join(result.attempt_errors) or str(failure)
             raise AggregationFailed(
-                f"the aggregator failed: {failure}", cause=failure, layers=completed
+                f"{who} failed, the proposals are kept on this error: {reasons}",
+                cause=failure,
+                layers=completed,
             ) from failure
         return result, selected

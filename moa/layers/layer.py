@@ -8,11 +8,21 @@ from collections.abc import Sequence
 
 from moa._template import render
 from moa.errors import AllNeuronsFailed, NeuronError
-from moa.layers._call import call_neuron, format_responses, gather_all, system_then
-from moa.neurons.base import ChatMessage, Neuron, NeuronRequest, Reference
+from moa.layers._call import (
+    CallState,
+    call_neuron,
+    cut_off,
+    format_responses,
+    gather_all,
+    gather_until,
+    system_then,
+)
+from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Reference
 from moa.result import LayerResult, NeuronResult
 
 __all__ = ["Layer", "references_from"]
+
+_Outcome = tuple[NeuronResult, Generation | None, NeuronError | None]
 
 
 def references_from(layer: LayerResult) -> tuple[Reference, ...]:
@@ -29,15 +39,28 @@ def references_from(layer: LayerResult) -> tuple[Reference, ...]:
 
 class Layer:
     """Neurons that answer in parallel. From the second layer on, each neuron's system prompt
-    is followed by `reference_prompt` with every surviving answer of the previous layer."""
+    is followed by `reference_prompt` with every surviving answer of the previous layer.
+
+    With a `deadline` (seconds), once it has passed and at least `min_responses` neurons
+    answered, the layer cancels the stragglers, records them as `timed_out` and goes on.
+    """
 
     def __init__(
-        self, name: str, index: int, neurons: Sequence[Neuron], reference_prompt: str
+        self,
+        name: str,
+        index: int,
+        neurons: Sequence[Neuron],
+        reference_prompt: str,
+        *,
+        deadline: float | None = None,
+        min_responses: int = 1,
     ) -> None:
         self.name = name
         self.index = index
         self.neurons = tuple(neurons)
         self.reference_prompt = reference_prompt
+        self.deadline = deadline
+        self.min_responses = min_responses
 
     def _system(self, neuron: Neuron, rendered_refs: str | None) -> str | None:
         parts = [p for p in (neuron.config.prompt, rendered_refs) if p]
@@ -61,6 +84,7 @@ class Layer:
         )
         history = tuple(history)
         refs = tuple(references)
+        states = [CallState() for _ in self.neurons]
         calls = [
             call_neuron(
                 neuron,
@@ -73,11 +97,32 @@ class Layer:
                 index=i,
                 origin=origin,
                 semaphore=semaphore,
+                state=states[i],
             )
             for i, neuron in enumerate(self.neurons)
         ]
-        outcomes = await gather_all(calls)
-        results: list[NeuronResult] = [result for result, _, _ in outcomes]
+        if self.deadline is None:
+            outcomes: list[_Outcome | None] = list(await gather_all(calls))
+        else:
+            outcomes = await gather_until(
+                calls,
+                deadline=self.deadline,
+                quorum=self.min_responses,
+                succeeded=lambda outcome: outcome[1] is not None,
+            )
+        results: list[NeuronResult] = [
+            outcome[0]
+            if outcome is not None
+            else cut_off(
+                self.neurons[i],
+                states[i],
+                layer=self.name,
+                index=i,
+                origin=origin,
+                deadline=self.deadline or 0.0,
+            )
+            for i, outcome in enumerate(outcomes)
+        ]
         layer = LayerResult(
             name=self.name,
             index=self.index,
@@ -85,7 +130,7 @@ class Layer:
             seconds=time.perf_counter() - start,
         )
         if not layer.survivors:
-            failures: list[NeuronError] = [f for _, _, f in outcomes if f is not None]
+            failures = [o[2] for o in outcomes if o is not None and o[2] is not None]
             raise AllNeuronsFailed(
                 f"all {len(self.neurons)} neurons of {self.name} failed: "
                 + "; ".join(str(f) for f in failures),

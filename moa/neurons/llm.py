@@ -9,10 +9,13 @@ sends it to that endpoint instead, and `api_key_env` names the variable holding 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
 import logging
 import os
+import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from moa.errors import (
     InvalidResponseError,
     MissingCredentialsError,
     NeuronError,
+    ProviderConnectionError,
     ProviderError,
     RateLimitError,
     redact,
@@ -39,7 +43,7 @@ from moa.neurons.base import Generation, Neuron, NeuronRequest
 from moa.result import Usage
 from moa.settings import Settings
 
-__all__ = ["LLMNeuron", "Route", "load_litellm", "resolve_route"]
+__all__ = ["LLMNeuron", "Route", "classify_exception", "load_litellm", "resolve_route"]
 
 logger = logging.getLogger("moa")
 
@@ -61,8 +65,6 @@ class LLMConfig(NeuronConfig):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the environment variable holding this neuron's API key.",
     )
-    timeout: float | None = Field(default=None, gt=0, description="Seconds per call.")
-    max_retries: int | None = Field(default=None, ge=0, le=10)
     params: dict[str, JsonValue] = Field(
         default_factory=dict, description="Extra litellm/provider parameters (top_p, stop...)."
     )
@@ -168,33 +170,50 @@ class LLMNeuron(Neuron):
         if not isinstance(config, LLMConfig):
             raise TypeError(f"LLMNeuron needs an LLMConfig, got {type(config).__name__}")
         self.route = resolve_route(config, self.settings, where=path)
-        self._timeout = config.timeout or self.settings.request_timeout
-        self._retries = (
-            config.max_retries if config.max_retries is not None else self.settings.max_retries
-        )
 
     async def prepare(self) -> None:
         await _aload_litellm()
 
-    async def generate(self, request: NeuronRequest) -> Generation:
-        litellm = await _aload_litellm()
+    def _request_kwargs(self, request: NeuronRequest) -> dict[str, Any]:
+        """litellm arguments for one attempt, without the API key (see `_complete`)."""
         kwargs: dict[str, Any] = dict(self.config.params)
         kwargs.update(
             model=self.route.model,
             messages=[dict(m) for m in request.messages],
             temperature=self.config.temperature,
-            timeout=self._timeout,
-            num_retries=self._retries,
+            # moa.retry owns retries and the caller bounds each attempt: one attempt here, and
+            # an explicit timeout so litellm's hidden 600 s default never applies.
+            timeout=self.timeout,
+            num_retries=0,
             max_retries=0,
         )
         if self.config.max_tokens is not None:
             kwargs["max_tokens"] = self.config.max_tokens
         if self.route.api_base is not None:
             kwargs["api_base"] = self.route.api_base
-        if self.route.api_key is not None:
-            kwargs["api_key"] = self.route.api_key.get_secret_value()
-        with self._map_errors():
-            response = await litellm.acompletion(**kwargs)
+        return kwargs
+
+    async def _complete(self, litellm: ModuleType, kwargs: dict[str, Any]) -> Any:
+        """Call litellm. The key is read inline, never kept in a local variable: tracebacks
+        that capture locals (error trackers) see only the SecretStr."""
+        if self.route.api_key is None:
+            return await litellm.acompletion(**kwargs)
+        return await litellm.acompletion(**kwargs, api_key=self.route.api_key.get_secret_value())
+
+    async def generate(self, request: NeuronRequest) -> Generation:
+        litellm = await _aload_litellm()
+        kwargs = self._request_kwargs(request)
+        failure: NeuronError | None = None
+        try:
+            response = await self._complete(litellm, kwargs)
+        except NeuronError:
+            raise
+        except Exception as exc:
+            failure = self._mapped(exc)
+        if failure is not None:
+            # Raised outside the except block: the new error has no __context__, so the
+            # litellm exception (which holds the request, headers included) is not kept.
+            raise failure
         return self._parse(response)
 
     def _parse(self, response: Any) -> Generation:
@@ -203,6 +222,8 @@ class LLMNeuron(Neuron):
             raise self._error(InvalidResponseError, "the provider returned no choices")
         message = getattr(choices[0], "message", None)
         text = getattr(message, "content", None)
+        if text is None:
+            raise self._error(InvalidResponseError, "the provider returned null content")
         if not isinstance(text, str) or not text.strip():
             raise self._error(InvalidResponseError, "the provider returned empty content")
         raw_usage = getattr(response, "usage", None)
@@ -226,7 +247,8 @@ class LLMNeuron(Neuron):
 
     @contextmanager
     def _map_errors(self) -> Iterator[None]:
-        """Turn litellm/openai exceptions into the moa error tree, with the key redacted."""
+        """Turn litellm/openai exceptions into the moa error tree, with the key redacted
+        (for code that cannot use `generate`'s raise-outside-except shape, e.g. streams)."""
         try:
             yield
         except NeuronError:
@@ -235,23 +257,119 @@ class LLMNeuron(Neuron):
             raise self._mapped(exc) from None
 
     def _mapped(self, exc: Exception) -> NeuronError:
+        """The moa error for a litellm exception, classified by its cause chain (litellm
+        reports a refused connection and a non-JSON body as HTTP 500; they are not)."""
         secret = self.route.api_key.get_secret_value() if self.route.api_key else None
-        message = redact(f"{type(exc).__name__}: {exc}", [secret])
-        status = getattr(exc, "status_code", None)
-        status = status if isinstance(status, int) else None
-        name = type(exc).__name__
-        if name == "RateLimitError" or status == 429:
+        kind, status = classify_exception(exc)
+        message = redact(_reason(exc), [secret])
+        if kind == "rate_limit":
             return self._error(
-                RateLimitError, message, status_code=status or 429, retry_after=_retry_after(exc)
+                RateLimitError,
+                f"rate limited: {message}",
+                status_code=status,
+                retry_after=_retry_after(exc),
             )
-        if name in {"AuthenticationError", "PermissionDeniedError"} or status in {401, 403}:
-            return self._error(AuthenticationError, message, status_code=status)
-        if name in {"Timeout", "APITimeoutError"} or isinstance(exc, asyncio.TimeoutError):
-            return self._error(NeuronTimeout, message, status_code=status)
+        if kind == "auth":
+            return self._error(
+                AuthenticationError, f"credentials rejected: {message}", status_code=status
+            )
+        if kind == "timeout":
+            return self._error(NeuronTimeout, f"timed out: {message}", status_code=status)
+        if kind == "connection":
+            return self._error(
+                ProviderConnectionError, f"connection failed: {message}", status_code=None
+            )
+        if kind == "not_json":
+            return self._error(
+                InvalidResponseError, f"the response body is not valid JSON: {message}"
+            )
+        if kind == "cut_stream":
+            return self._error(
+                InvalidResponseError, "the stream ended before it was complete (no [DONE])"
+            )
         return self._error(ProviderError, message, status_code=status)
 
     def __repr__(self) -> str:
         return f"<LLMNeuron {self.path} {self.route.model!r} at {self.route.api_base or 'litellm'}>"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain) and len(chain) < 16:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _kinds(chain: list[BaseException]) -> set[tuple[str, str]]:
+    """(top-level module, class name) of every class in the MRO of every exception."""
+    return {
+        (klass.__module__.partition(".")[0], klass.__name__)
+        for error in chain
+        for klass in type(error).__mro__
+    }
+
+
+_AUTH_NAMES = frozenset({"AuthenticationError", "PermissionDeniedError"})
+_TIMEOUTS = {
+    ("openai", "APITimeoutError"),
+    ("httpx", "TimeoutException"),
+    ("builtins", "TimeoutError"),
+}
+_CONNECTION = {
+    ("openai", "APIConnectionError"),
+    ("httpx", "NetworkError"),
+    ("httpx", "RemoteProtocolError"),
+    ("aiohttp", "ClientConnectionError"),
+    ("builtins", "ConnectionError"),
+}
+
+
+def classify_exception(exc: BaseException) -> tuple[str, int | None]:
+    """What went wrong in a litellm/openai call, and the upstream HTTP status if there was
+    one: kind is rate_limit, auth, timeout, connection, not_json, cut_stream or error."""
+    chain = _causes(exc)
+    kinds = _kinds(chain)
+    answered = ("httpx", "HTTPStatusError") in kinds or ("openai", "APIStatusError") in kinds
+    raw = getattr(exc, "status_code", None)
+    status = raw if answered and isinstance(raw, int) else None
+    if status == 429 or (status is None and type(exc).__name__ == "RateLimitError"):
+        return "rate_limit", status or 429
+    if status in {401, 403} or type(exc).__name__ in _AUTH_NAMES:
+        return "auth", status
+    if status == 408:
+        return "timeout", status
+    if status is not None:
+        return "error", status
+    if kinds & _TIMEOUTS:
+        return "timeout", None
+    if ("json", "JSONDecodeError") in kinds:
+        return "not_json", None
+    if ("builtins", "StopAsyncIteration") in kinds:
+        return "cut_stream", None
+    if kinds & _CONNECTION:
+        return "connection", None
+    return "error", raw if isinstance(raw, int) else None
+
+
+_PREFIX = re.compile(r"^(?:litellm\.)?\w+(?:Error|Exception|Timeout)?(?::| -)\s+")
+
+
+def _reason(exc: BaseException) -> str:
+    """The provider's message without litellm's repeated class-name prefixes."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    for _ in range(6):
+        stripped = _PREFIX.sub("", text, count=1)
+        if stripped == text:
+            break
+        text = stripped
+    if text in {"", "Connection error."}:  # say what actually failed
+        chain = _causes(exc)
+        root = chain[-1]
+        text = f"{text} {type(root).__name__}: {root}".strip() if len(chain) > 1 else text
+    return text[:500]
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -262,11 +380,16 @@ def _retry_after(exc: Exception) -> float | None:
     try:
         if headers.get("retry-after-ms") is not None:
             return float(headers["retry-after-ms"]) / 1000.0
-        if headers.get("retry-after") is not None:
-            return float(headers["retry-after"])
-    except (TypeError, ValueError):
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:  # an HTTP date
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return None
 
 
 @hookimpl
