@@ -99,14 +99,21 @@ class Retrying:
 
     `attempts` and `errors` (each failed attempt, oldest first) stay readable afterwards,
     even when the caller was cancelled half-way. An attempt that overruns `timeout` is
-    cancelled and counts as a `moa.errors.TimeoutError`.
+    cancelled and counts as a `moa.errors.TimeoutError`. `on_error` sees each failure first.
     """
 
-    __slots__ = ("attempts", "errors", "policy", "timeout")
+    __slots__ = ("attempts", "errors", "on_error", "policy", "timeout")
 
-    def __init__(self, policy: RetryPolicy, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        timeout: float | None = None,
+        *,
+        on_error: Callable[[NeuronError], None] | None = None,
+    ) -> None:
         self.policy = policy
         self.timeout = timeout
+        self.on_error = on_error  # e.g. to stamp the neuron's path on an error before it is logged
         self.attempts = 0
         self.errors: list[NeuronError] = []
 
@@ -163,6 +170,8 @@ class Retrying:
 
     async def _before_retry(self, error: NeuronError) -> None:
         """Record `error`; sleep before the next attempt, or raise `error` if there is none."""
+        if self.on_error is not None:
+            self.on_error(error)
         self.errors.append(error)
         error.attempts = self.attempts
         wait = self.policy.delay(self.attempts - 1, error)

@@ -143,7 +143,7 @@ async def test_prefixed_model_with_base_url_keeps_its_provider(fake: FakeProvide
         (Reply(fault="empty_choices"), "InvalidResponseError"),
         (Reply(fault="null_content"), "InvalidResponseError"),
         (Reply(fault="empty_content"), "InvalidResponseError"),
-        (Reply(fault="malformed"), "ProviderError"),
+        (Reply(fault="malformed"), "InvalidResponseError"),
     ],
 )
 async def test_failures_are_typed_and_never_leak_the_key(

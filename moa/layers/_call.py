@@ -19,6 +19,7 @@ from moa.retry import Retrying
 
 __all__ = [
     "CallState",
+    "RequestFor",
     "call_neuron",
     "cut_off",
     "format_responses",
@@ -60,9 +61,13 @@ class CallState:
         return self._done_attempts + running
 
 
+RequestFor = Callable[[Neuron], NeuronRequest]
+"""Builds the request for a neuron or one of its fallbacks (whose prompt may differ)."""
+
+
 async def call_neuron(
     neuron: Neuron,
-    request: NeuronRequest,
+    request: NeuronRequest | RequestFor,
     *,
     layer: str,
     index: int,
@@ -72,6 +77,7 @@ async def call_neuron(
 ) -> tuple[NeuronResult, Generation | None, NeuronError | None]:
     """Run `neuron.generate(request)` under its retry policy and timeout, then its fallbacks.
 
+    `request` may be a function of the neuron, so each fallback gets its own system prompt.
     A `NeuronError` (the last one, when every fallback failed too) is returned; anything else
     propagates.
     """
@@ -84,14 +90,15 @@ async def call_neuron(
     answered_by: Neuron = neuron
     try:
         for candidate in (neuron, *neuron.fallbacks):
-            retrying = state._current = Retrying(candidate.retry_policy, candidate.timeout)
+            retrying = state._current = Retrying(
+                candidate.retry_policy,
+                candidate.timeout,
+                on_error=partial(_stamp, neuron=candidate, layer=layer, index=index),
+            )
             try:
-                generation = await retrying.run(partial(candidate.generate, request))
+                ask = request(candidate) if callable(request) else request
+                generation = await retrying.run(partial(candidate.generate, ask))
             except NeuronError as exc:
-                exc.neuron = exc.neuron or candidate.path
-                exc.model = exc.model or candidate.label
-                exc.layer = exc.layer or layer
-                exc.index = index if exc.index is None else exc.index
                 failure = exc
                 continue
             finally:
@@ -126,6 +133,14 @@ async def call_neuron(
         fallback=answered_by.label if answered_by is not neuron else None,
     )
     return result, generation, failure
+
+
+def _stamp(error: NeuronError, *, neuron: Neuron, layer: str, index: int) -> None:
+    """Fill in where an error happened, keeping what the neuron itself said."""
+    error.neuron = error.neuron or neuron.path
+    error.model = error.model or neuron.label
+    error.layer = error.layer or layer
+    error.index = index if error.index is None else error.index
 
 
 def cut_off(

@@ -71,13 +71,16 @@ class AggregationLayer:
         selected = self.select(references, rng)
         prompt = self.render(user_query, selected)
         turns = (*history[:-1], {"role": "user", "content": prompt})
-        request = NeuronRequest(
-            messages=system_then(self.neuron.config.prompt, turns),
-            history=tuple(history),
-            references=tuple(selected),
-        )
+
+        def request_for(neuron: Neuron) -> NeuronRequest:
+            return NeuronRequest(
+                messages=system_then(neuron.config.prompt, turns),
+                history=tuple(history),
+                references=tuple(selected),
+            )
+
         result, _, failure = await call_neuron(
-            self.neuron, request, layer=LAYER_NAME, index=0, origin=origin
+            self.neuron, request_for, layer=LAYER_NAME, index=0, origin=origin
         )
         if failure is not None:
             count = len(self.neuron.fallbacks)

@@ -85,14 +85,18 @@ class Layer:
         history = tuple(history)
         refs = tuple(references)
         states = [CallState() for _ in self.neurons]
+
+        def request_for(neuron: Neuron) -> NeuronRequest:
+            return NeuronRequest(
+                messages=system_then(self._system(neuron, rendered), history),
+                history=history,
+                references=refs,
+            )
+
         calls = [
             call_neuron(
                 neuron,
-                NeuronRequest(
-                    messages=system_then(self._system(neuron, rendered), history),
-                    history=history,
-                    references=refs,
-                ),
+                request_for,
                 layer=self.name,
                 index=i,
                 origin=origin,

@@ -329,29 +329,31 @@ _CONNECTION = {
 
 def classify_exception(exc: BaseException) -> tuple[str, int | None]:
     """What went wrong in a litellm/openai call, and the upstream HTTP status if there was
-    one: kind is rate_limit, auth, timeout, connection, not_json, cut_stream or error."""
+    one: kind is rate_limit, auth, timeout, connection, not_json, cut_stream or error.
+
+    The causes decide first: litellm's top-level class says "InternalServerError (500)" for
+    a refused connection and for a body that is not JSON alike.
+    """
     chain = _causes(exc)
-    kinds = _kinds(chain)
-    answered = ("httpx", "HTTPStatusError") in kinds or ("openai", "APIStatusError") in kinds
-    raw = getattr(exc, "status_code", None)
-    status = raw if answered and isinstance(raw, int) else None
-    if status == 429 or (status is None and type(exc).__name__ == "RateLimitError"):
-        return "rate_limit", status or 429
-    if status in {401, 403} or type(exc).__name__ in _AUTH_NAMES:
-        return "auth", status
-    if status == 408:
-        return "timeout", status
-    if status is not None:
-        return "error", status
-    if kinds & _TIMEOUTS:
+    causes = _kinds(chain[1:])
+    if causes & _TIMEOUTS:
         return "timeout", None
-    if ("json", "JSONDecodeError") in kinds:
+    if ("json", "JSONDecodeError") in causes:
         return "not_json", None
-    if ("builtins", "StopAsyncIteration") in kinds:
+    if ("builtins", "StopAsyncIteration") in causes:
         return "cut_stream", None
-    if kinds & _CONNECTION:
+    if causes & _CONNECTION:
         return "connection", None
-    return "error", raw if isinstance(raw, int) else None
+    raw = getattr(exc, "status_code", None)
+    status = raw if isinstance(raw, int) else None
+    name = type(exc).__name__
+    if status == 429 or name == "RateLimitError":
+        return "rate_limit", status or 429
+    if status in {401, 403} or name in _AUTH_NAMES:
+        return "auth", status
+    if status == 408 or (status is None and (_kinds(chain[:1]) & _TIMEOUTS)):
+        return "timeout", status
+    return "error", status
 
 
 _PREFIX = re.compile(r"^(?:litellm\.)?\w+(?:Error|Exception|Timeout)?(?::| -)\s+")
