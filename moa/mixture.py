@@ -162,6 +162,9 @@ class MixtureOfAgents:
         found.append(self.aggregation.neuron)
         return tuple(found)
 
+    def _with_fallbacks(self) -> list[Neuron]:
+        return [n for neuron in self.neurons for n in (neuron, *neuron.fallbacks)]
+
     async def prepare(self) -> None:
         """Load what the neurons need (e.g. litellm, ~2 s) ahead of the first `process()`.
 
@@ -170,7 +173,7 @@ class MixtureOfAgents:
         # A flag, not a stored future: a mixture may be used from several event loops
         # (asyncio.run twice, process_sync). Neuron.prepare() must be idempotent.
         if not self._prepared:
-            await asyncio.gather(*(n.prepare() for n in self.neurons))
+            await asyncio.gather(*(n.prepare() for n in self._with_fallbacks()))
             self._prepared = True
 
     async def process(self, query: Query) -> MoAResult:
@@ -233,7 +236,7 @@ class MixtureOfAgents:
 
     async def aclose(self) -> None:
         """Release every neuron's resources."""
-        await asyncio.gather(*(n.aclose() for n in self.neurons))
+        await asyncio.gather(*(n.aclose() for n in self._with_fallbacks()))
 
     async def __aenter__(self) -> MixtureOfAgents:
         return self

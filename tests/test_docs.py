@@ -68,3 +68,20 @@ def test_quickstart_without_a_key_says_which_variable(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "PROVIDER_API_KEY" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_readme_resilience_snippet_runs_and_prints_what_it_says(tmp_path: Path) -> None:
+    section = README.split("## Resilience", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)\n```", section, flags=re.S)[0]
+    expected = re.findall(r"```\n(partial:.*?)\n```", section, flags=re.S)[0]
+    env = {k: v for k, v in os.environ.items() if k not in {"PROVIDER_API_KEY", "BASE_URL"}}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected.strip()

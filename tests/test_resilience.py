@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import pytest
 from conftest import CANARY_KEY, wait_until
 
-from moa import AggregationFailed, ConfigError, MixtureOfAgents, load_config
-from moa.errors import InvalidResponseError, NeuronError
+from moa import (
+    AggregationFailed,
+    ConfigError,
+    Generation,
+    MixtureOfAgents,
+    Neuron,
+    NeuronConfig,
+    hookimpl,
+    load_config,
+)
+from moa.errors import InvalidResponseError, NeuronError, ProviderError
 from moa.errors import TimeoutError as NeuronTimeout
 from moa.neurons.base import NeuronRequest
 from moa.neurons.llm import LLMNeuron
+from moa.plugins import register_plugin, unregister_plugin
 from moa.retry import Retrying
 from moa.testing import FakeProvider, Reply
 
@@ -396,3 +406,69 @@ def test_a_fallback_needing_a_missing_key_fails_at_build_time(build: Build) -> N
     ]
     with pytest.raises(ConfigError, match="NOPE"):
         build(config)
+
+
+# -- the same policy for plugin neuron types ------------------------------------------------
+
+
+class Flaky(Neuron):
+    """Fails `failures` times with `status`, then answers; counts its calls and prepares."""
+
+    class Config(NeuronConfig):
+        type: Literal["flaky"] = "flaky"
+        label_: str = "flaky"
+        failures: int = 0
+        status: int = 503
+
+    calls: ClassVar[dict[str, int]] = {}
+    prepared: ClassVar[set[str]] = set()
+
+    async def prepare(self) -> None:
+        self.prepared.add(self.path)
+
+    async def generate(self, request: NeuronRequest) -> Generation:
+        assert isinstance(self.config, Flaky.Config)
+        seen = self.calls[self.path] = self.calls.get(self.path, 0) + 1
+        if seen <= self.config.failures:
+            raise ProviderError("flaky failure", status_code=self.config.status)
+        return Generation(text=f"{self.config.label_} after {seen}")
+
+
+class FlakyPlugin:
+    @hookimpl
+    def register_neurons(self, register: Callable[[str, type[Neuron]], None]) -> None:
+        register("flaky", Flaky)
+
+
+async def test_plugin_neurons_get_retries_timeouts_and_fallbacks(build: Build) -> None:
+    plugin = FlakyPlugin()
+    register_plugin(plugin, name="flaky-plugin")
+    Flaky.calls.clear()
+    Flaky.prepared.clear()
+    try:
+        mixture = build(
+            {
+                "retry": FAST_RETRY,
+                "proposal_layers": [
+                    {
+                        "neurons": [
+                            {"type": "flaky", "failures": 2},
+                            {
+                                "type": "flaky",
+                                "failures": 1,
+                                "status": 400,
+                                "fallbacks": [{"label_": "spare", "failures": 0}],
+                            },
+                        ]
+                    }
+                ],
+                "aggregation_layer": {"type": "flaky"},
+            }
+        )
+        result = await mixture.process("q")
+    finally:
+        unregister_plugin(plugin)
+    first, second = result.layers[0].neurons
+    assert (first.text, first.attempts) == ("flaky after 3", 3)  # 503 twice, then an answer
+    assert (second.text, second.attempts, second.fallback) == ("spare after 1", 2, "flaky")
+    assert "proposal_layers[0].neurons[1].fallbacks[0]" in Flaky.prepared
