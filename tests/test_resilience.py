@@ -5,7 +5,12 @@ it saw, when, and whether the client went away), never with wall-clock threshold
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pytest
@@ -472,3 +477,43 @@ async def test_plugin_neurons_get_retries_timeouts_and_fallbacks(build: Build) -
     assert (first.text, first.attempts) == ("flaky after 3", 3)  # 503 twice, then an answer
     assert (second.text, second.attempts, second.fallback) == ("spare after 1", 2, "flaky")
     assert "proposal_layers[0].neurons[1].fallbacks[0]" in Flaky.prepared
+
+
+CTRL_C_CHILD = """
+import sys
+from moa import Settings, create_moa_from_config
+
+config = {
+    "proposal_layers": [{"neurons": [{"model": "m/A"}, {"model": "m/B"}, {"model": "m/C"}]}],
+    "aggregation_layer": {"model": "m/AGG"},
+}
+mixture = create_moa_from_config(config, settings=Settings(base_url=sys.argv[1]))
+print("ready", flush=True)
+try:
+    mixture.process_sync("q")
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_during_process_sync_cancels_cleanly(fake: FakeProvider, tmp_path: Path) -> None:
+    fake.set_default(Reply(fault="hang"))
+    env = {k: v for k, v in os.environ.items() if k not in {"PROVIDER_API_KEY", "BASE_URL"}}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_CHILD, fake.base_url],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        fake.wait_for_requests(3, timeout=60)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == 130 and out.split() == ["ready", "interrupted"], err
+    assert "Task was destroyed" not in err and "never retrieved" not in err
+    assert len(fake.requests) == 3
