@@ -55,6 +55,9 @@ MATRIX: dict[str, Row] = {
     "500 echoing the key": Row(
         times(Reply(status=500, error_message=f"bad key {CANARY_KEY}")), 3, "ProviderError", 500
     ),
+    "408": Row(times(Reply(status=408)), 3, "TimeoutError", status=408),
+    "409": Row(times(Reply(status=409)), 3, "ProviderError", status=409),
+    "504": Row(times(Reply(status=504)), 3, "ProviderError", status=504),
     "400": Row((Reply(status=400),), 1, "ProviderError", status=400),
     "401": Row((Reply(status=401),), 1, "AuthenticationError", status=401),
     "403": Row((Reply(status=403),), 1, "AuthenticationError", status=403),
@@ -75,6 +78,12 @@ REASONS = {
     "RateLimitError": "rate limited",
     "ProviderConnectionError": "connection failed",
     "TimeoutError": "no answer within 0.3 s",
+}
+BY_NAME = {
+    "408": "timed out: fake error 408 [HTTP 408]",
+    "504": ": fake error 504 [HTTP 504]",
+    "400": ": fake error 400 [HTTP 400]",
+    "401": "credentials rejected: fake error 401 [HTTP 401]",
 }
 INVALID_REASONS = {
     "malformed body": "not valid JSON",
@@ -154,7 +163,9 @@ async def test_fault(
         assert bad.error_type == row.error_type and bad.status_code == row.status
         assert bad.error is not None
         assert bad.error.startswith("proposal_layers[0].neurons[1] (meta-llama/BAD): ")
-        reason = INVALID_REASONS.get(name) or REASONS.get(row.error_type or "", "")
+        reason = (
+            BY_NAME.get(name) or INVALID_REASONS.get(name) or REASONS.get(row.error_type or "", "")
+        )
         assert reason in bad.error
         agg_request = fake.requests_for("meta-llama/AGG")[0]
         assert "answer from meta-llama/OK" in (agg_request.last_user or "")

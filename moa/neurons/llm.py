@@ -356,7 +356,7 @@ def classify_exception(exc: BaseException) -> tuple[str, int | None]:
     return "error", status
 
 
-_PREFIX = re.compile(r"^(?:litellm\.)?\w+(?:Error|Exception|Timeout)?(?::| -)\s+")
+_PREFIX = re.compile(r"^(?:litellm\.)?(?:\w*(?:Error|Exception|Timeout)|Timeout Error)(?::| -)\s+")
 
 
 def _reason(exc: BaseException) -> str:
