@@ -7,7 +7,7 @@ MoAError
 ├── PluginError                 a plugin failed to load, or a neuron type is unknown
 ├── QueryError                  the query passed to process() has no user turn or a bad shape
 ├── NeuronError                 one call failed (carries neuron, layer, index, model,
-│   │                           status_code and attempts)
+│   │                           status_code, attempts and retry_after)
 │   ├── ProviderError           the provider answered with an error (status_code says which)
 │   │   ├── ProviderConnectionError  could not connect, or the connection dropped (retried)
 │   │   └── InvalidResponseError     2xx without usable text: no choices, null or empty
@@ -125,7 +125,8 @@ class NeuronError(MoAError):
     `neuron` is the neuron's key path (`proposal_layers[0].neurons[1]`), `model` its model,
     `layer` the layer's name, `index` the neuron's position in its layer, `status_code` the
     upstream HTTP status when there was one (None for connection failures and timeouts on our
-    side) and `attempts` how many requests were made before giving up.
+    side), `attempts` how many requests were made before giving up, and `retry_after` the
+    seconds the provider asked to wait (`Retry-After`), if it said.
     """
 
     def __init__(
@@ -138,6 +139,7 @@ class NeuronError(MoAError):
         index: int | None = None,
         status_code: int | None = None,
         attempts: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.neuron = neuron
         self.model = model
@@ -145,6 +147,7 @@ class NeuronError(MoAError):
         self.index = index
         self.status_code = status_code
         self.attempts = attempts
+        self.retry_after = retry_after
         super().__init__(message)
 
     def __str__(self) -> str:
@@ -161,6 +164,7 @@ class NeuronError(MoAError):
             "index": self.index,
             "status_code": self.status_code,
             "attempts": self.attempts,
+            "retry_after": self.retry_after,
         }
 
     def __reduce__(self) -> Any:
@@ -182,13 +186,6 @@ class InvalidResponseError(ProviderError):
 
 class RateLimitError(NeuronError):
     """The provider rate-limited the call (HTTP 429). `retry_after` is in seconds, if given."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **context: Any) -> None:
-        self.retry_after = retry_after
-        super().__init__(message, **context)
-
-    def _context(self) -> dict[str, Any]:
-        return {**super()._context(), "retry_after": self.retry_after}
 
 
 class AuthenticationError(NeuronError):

@@ -10,9 +10,10 @@ their own retries turned off, so there is exactly one retry layer):
   (a 2xx with unusable content), and anything that is not a `NeuronError` (a bug propagates).
 
 The wait before retry *n* (0-based) is `min(backoff_base * 2**n, backoff_max)`, less up to
-`jitter` of it at random (the openai-python shape). A `Retry-After` / `retry-after-ms` the
-provider sent is honoured instead when it is at most `max_retry_after`; a longer one ends the
-retries at once, so a fallback model (if any) takes over instead of waiting.
+`jitter` of it at random (the openai-python shape). A `Retry-After` / `retry-after-ms` sent
+with a retryable failure (429, 503...) is honoured instead when it is at most
+`max_retry_after`; a longer one ends the retries at once, so a fallback model (if any) takes
+over instead of waiting.
 
 `Retrying` runs attempts under a policy and counts them. It serves plain calls (`run`) and
 streams (`stream`): a stream is retried only until it has produced its first item, never
@@ -87,7 +88,7 @@ class RetryPolicy:
         """
         if retry >= self.max_retries or not is_retryable(error):
             return None
-        retry_after = getattr(error, "retry_after", None)
+        retry_after = error.retry_after if isinstance(error, NeuronError) else None
         if isinstance(retry_after, (int, float)) and retry_after >= 0:
             return float(retry_after) if retry_after <= self.max_retry_after else None
         backoff = min(self.backoff_base * 2.0**retry, self.backoff_max)

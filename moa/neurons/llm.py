@@ -274,7 +274,12 @@ class LLMNeuron(Neuron):
                 AuthenticationError, f"credentials rejected: {message}", status_code=status
             )
         if kind == "timeout":
-            return self._error(NeuronTimeout, f"timed out: {message}", status_code=status)
+            return self._error(
+                NeuronTimeout,
+                f"timed out: {message}",
+                status_code=status,
+                retry_after=_retry_after(exc),
+            )
         if kind == "connection":
             return self._error(
                 ProviderConnectionError, f"connection failed: {message}", status_code=None
@@ -287,7 +292,9 @@ class LLMNeuron(Neuron):
             return self._error(
                 InvalidResponseError, "the stream ended before it was complete (no [DONE])"
             )
-        return self._error(ProviderError, message, status_code=status)
+        return self._error(
+            ProviderError, message, status_code=status, retry_after=_retry_after(exc)
+        )
 
     def __repr__(self) -> str:
         return f"<LLMNeuron {self.path} {self.route.model!r} at {self.route.api_base or 'litellm'}>"
