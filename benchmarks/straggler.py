@@ -1,9 +1,10 @@
 """A straggler under a layer deadline: how soon after the deadline does the answer arrive?
 
-3 proposers (two answer in 50 ms, one never does) with `deadline: 0.3` and an aggregator
-answering at once. At the deadline the hung call is cancelled (its connection closed) and
-the layer goes on with the two answers. Reported: time from `process()` to the result, and
-how far past the deadline the layer ended (cancellation included).
+3 proposers (two answer in 50 ms, one never does) with `deadline: 0.3`, `min_responses: 2`
+and an aggregator answering at once. At the deadline the hung call is cancelled (its
+connection closed) and the layer goes on with the two answers. Reported: time from
+`process()` to the result, and how far past the deadline the layer ended (cancellation
+included).
 
     python benchmarks/straggler.py [--runs 30] [--deadline 0.3]
 """
@@ -26,6 +27,7 @@ def config(kind: str, deadline: float) -> dict[str, object]:
         "proposal_layers": [
             {
                 "deadline": deadline,
+                "min_responses": 2,
                 "neurons": [
                     {"type": kind, "model": "50ms/A"},
                     {"type": kind, "model": "50ms/B"},

@@ -21,7 +21,7 @@ from moa.testing import FakeProvider, Reply
 Build = Callable[..., MixtureOfAgents]
 
 RETRIES = 2  # so a fault retried to exhaustion makes 3 requests
-TIMEOUT = 0.3  # per attempt of the hanging rows
+TIMEOUT = 0.5  # per attempt of the hanging rows (ample for a warm call to reach the server)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ MATRIX: dict[str, Row] = {
 REASONS = {
     "RateLimitError": "rate limited",
     "ProviderConnectionError": "connection failed",
-    "TimeoutError": "no answer within 0.3 s",
+    "TimeoutError": "no answer within 0.5 s",
 }
 BY_NAME = {
     "408": "timed out: fake error 408 [HTTP 408]",
