@@ -195,3 +195,37 @@ async def test_stream_timeout_bounds_the_first_item_only() -> None:
             pass
     assert retrying.attempts == 2
     assert isinstance(retrying.errors[0], NeuronError)
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),  # the precise one wins
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_headers(headers: dict[str, str], seconds: float | None) -> None:
+    from moa.neurons.llm import _retry_after
+
+    assert _retry_after(_WithHeaders(headers)) == seconds
+
+
+def test_retry_after_as_an_http_date() -> None:
+    import email.utils
+    import time
+
+    from moa.neurons.llm import _retry_after
+
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    waited = _retry_after(_WithHeaders({"retry-after": when}))
+    assert waited is not None and 25 <= waited <= 31
+
+
+class _WithHeaders(Exception):
+    """Shaped like an openai/litellm status error: `.response.headers`."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__("status error")
+        self.response = type("Response", (), {"headers": headers})()
