@@ -16,6 +16,7 @@ from moa.config import (
     MoAConfig,
     NeuronConfig,
     ProposalLayerConfig,
+    RetryConfig,
     load_config,
 )
 from moa.errors import (
@@ -28,6 +29,7 @@ from moa.errors import (
     MoAError,
     NeuronError,
     PluginError,
+    ProviderConnectionError,
     ProviderError,
     QueryError,
     RateLimitError,
@@ -88,10 +90,12 @@ __all__ = [
     "NeuronResult",
     "PluginError",
     "ProposalLayerConfig",
+    "ProviderConnectionError",
     "ProviderError",
     "QueryError",
     "RateLimitError",
     "Reference",
+    "RetryConfig",
     "Settings",
     "StreamFailed",
     "TimeoutError",

@@ -23,10 +23,13 @@ class UserQueryAnnotator:
         self, history: Sequence[ChatMessage], *, origin: float
     ) -> tuple[NeuronResult, str | None]:
         """Return the trace entry and the rewritten query (None if the call failed)."""
-        system = self.neuron.config.prompt or DEFAULT_ANNOTATOR_PROMPT
-        request = NeuronRequest(messages=system_then(system, history), history=tuple(history))
+
+        def request_for(neuron: Neuron) -> NeuronRequest:
+            system = neuron.config.prompt or DEFAULT_ANNOTATOR_PROMPT
+            return NeuronRequest(messages=system_then(system, history), history=tuple(history))
+
         result, generation, _ = await call_neuron(
-            self.neuron, request, layer="annotator", index=0, origin=origin
+            self.neuron, request_for, layer="annotator", index=0, origin=origin
         )
         if generation is None:
             return result, None

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ModelWrapValidatorHandler,
     SerializeAsAny,
     SerializerFunctionWrapHandler,
@@ -37,6 +38,7 @@ __all__ = [
     "MoAConfig",
     "NeuronConfig",
     "ProposalLayerConfig",
+    "RetryConfig",
     "json_schema",
     "load_config",
 ]
@@ -92,6 +94,24 @@ class NeuronConfig(BaseModel):
     weight: float = Field(
         default=1.0, ge=0, description="Influence on the aggregate; 0 excludes the answer."
     )
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds one attempt may take (connect + read); default: the top-level "
+        "timeout, else MOA_REQUEST_TIMEOUT, else 120.",
+    )
+    max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="Retries of a retryable failure; default: retry.max_retries, else "
+        "MOA_MAX_RETRIES, else 2.",
+    )
+    fallbacks: list[str | dict[str, JsonValue]] = Field(
+        default_factory=list,
+        description="Tried in order when this neuron fails for good: a model name (same "
+        "options, another model) or a mapping of the keys to change.",
+    )
 
     @property
     def label(self) -> str:
@@ -117,6 +137,37 @@ class NeuronConfig(BaseModel):
             return neuron_cls.Config.model_validate(data)
         return handler(data)
 
+    @model_validator(mode="after")
+    def _fallbacks_are_valid(self) -> NeuronConfig:
+        for i, entry in enumerate(self.fallbacks):
+            try:
+                self.derive(entry)
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                raise ValueError(f"fallbacks[{i}]: {_first_error(exc)}") from None
+        return self
+
+    def derive(self, change: str | Mapping[str, Any]) -> NeuronConfig:
+        """A fallback of this neuron: the same options with `change` applied (a model name,
+        or a mapping of keys). The fallback has no `name` (its label is its model) unless
+        `change` gives one, and no fallbacks of its own."""
+        if isinstance(change, str):
+            if "model" not in type(self).model_fields:
+                raise ValueError(
+                    f"neuron type {self.type!r} has no 'model' key: give a mapping of the "
+                    "keys to change instead of a model name"
+                )
+            change = {"model": change}
+        if change.get("type", self.type) != self.type:
+            raise ValueError("a fallback cannot change the neuron type")
+        if "fallbacks" in change:
+            raise ValueError("a fallback cannot have fallbacks of its own")
+        base = self.model_dump(exclude={"fallbacks", "name"})
+        return type(self).model_validate({**base, **change})
+
+    def fallback_configs(self) -> list[NeuronConfig]:
+        """The validated config of each fallback, in order."""
+        return [self.derive(entry) for entry in self.fallbacks]
+
 
 class ProposalLayerConfig(BaseModel):
     """One proposal layer: neurons that answer in parallel."""
@@ -132,12 +183,38 @@ class ProposalLayerConfig(BaseModel):
     max_reference_tokens: int | None = Field(default=None, gt=0, description=_MAX_REFERENCE_TOKENS)
     max_context_tokens: int | None = Field(default=None, gt=0, description=_MAX_CONTEXT_TOKENS)
 
+    deadline: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds after which the layer goes on with the answers it has (once "
+        "min_responses succeeded); the stragglers are cancelled and recorded as timed out.",
+    )
+    min_responses: int = Field(
+        default=1,
+        ge=1,
+        description="Successful answers needed before the deadline may cut the stragglers.",
+    )
+
     @field_validator("reference_prompt")
     @classmethod
     def _has_responses(cls, value: str) -> str:
         if "responses" not in placeholders_in(value, ["responses"]):
             raise ValueError("reference_prompt must contain the placeholder {responses}")
         return value
+
+    @model_validator(mode="after")
+    def _quorum_is_reachable(self) -> ProposalLayerConfig:
+        if self.min_responses > len(self.neurons):
+            raise ValueError(
+                f"min_responses is {self.min_responses} but the layer has only "
+                f"{len(self.neurons)} neuron(s)"
+            )
+        if self.min_responses > 1 and self.deadline is None:
+            raise ValueError(
+                "min_responses only matters with a deadline (without one the layer waits for "
+                "every neuron): set deadline, or remove min_responses"
+            )
+        return self
 
 
 class AggregationLayerConfig(BaseModel):
@@ -155,6 +232,7 @@ class AggregationLayerConfig(BaseModel):
             "dropout_rate",
             "max_reference_tokens",
             "max_context_tokens",
+            "fallback_model",
         }
     )
 
@@ -170,6 +248,12 @@ class AggregationLayerConfig(BaseModel):
     )
     max_reference_tokens: int | None = Field(default=None, gt=0, description=_MAX_REFERENCE_TOKENS)
     max_context_tokens: int | None = Field(default=None, gt=0, description=_MAX_CONTEXT_TOKENS)
+    fallback_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Model tried (with the aggregator's other options) when the aggregator "
+        "and its fallbacks failed.",
+    )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -198,6 +282,41 @@ class AggregationLayerConfig(BaseModel):
             )
         return value
 
+    @model_validator(mode="after")
+    def _fallback_model_is_valid(self) -> AggregationLayerConfig:
+        if self.fallback_model is not None:
+            try:
+                self.neuron.derive(self.fallback_model)
+            except ValueError as exc:
+                raise ValueError(f"fallback_model: {_first_error(exc)}") from None
+        return self
+
+
+class RetryConfig(BaseModel):
+    """Defaults of the retry policy for every neuron (see `moa.retry`)."""
+
+    model_config = _STRICT
+
+    max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="Retries of a retryable failure; default MOA_MAX_RETRIES, else 2.",
+    )
+    backoff_base: float = Field(
+        default=0.5, ge=0, le=60, description="Seconds before the first retry; doubles each time."
+    )
+    backoff_max: float = Field(default=8.0, ge=0, le=600, description="Longest backoff, seconds.")
+    jitter: float = Field(
+        default=0.25, ge=0, le=1, description="Largest fraction of a backoff removed at random."
+    )
+    max_retry_after: float = Field(
+        default=30.0,
+        ge=0,
+        description="Longest Retry-After honoured; a longer one ends the retries (fallbacks "
+        "take over).",
+    )
+
 
 class MoAConfig(BaseModel):
     """A whole mixture: optional annotator, one or more proposal layers, one aggregator."""
@@ -212,6 +331,12 @@ class MoAConfig(BaseModel):
     max_concurrency: int | None = Field(
         default=None, ge=1, description="Most neuron calls in flight at once; default unbounded."
     )
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Default seconds per attempt for every neuron without its own timeout.",
+    )
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry defaults.")
 
     @model_validator(mode="after")
     def _annotator_present(self) -> MoAConfig:
@@ -266,6 +391,18 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
             source=source,
         )
     return data
+
+
+def _first_error(exc: ValueError) -> str:
+    """A short reason from a ValueError or pydantic ValidationError."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = _key_path(first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        return f"{where}: {message}" if where else message
+    return str(exc)
 
 
 def _validate(data: dict[str, Any], source: str) -> MoAConfig:

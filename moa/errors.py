@@ -6,15 +6,22 @@ MoAError
 │   └── MissingCredentialsError an API key a neuron needs is not set (names the variable)
 ├── PluginError                 a plugin failed to load, or a neuron type is unknown
 ├── QueryError                  the query passed to process() has no user turn or a bad shape
-├── NeuronError                 one call failed (carries neuron, model, layer, status_code)
-│   ├── ProviderError           the provider answered with an error, or could not be reached
-│   │   └── InvalidResponseError  the provider answered 2xx with no usable text
-│   ├── RateLimitError          429 (carries retry_after when the provider said)
-│   ├── AuthenticationError     401 / 403
-│   └── TimeoutError            no answer in time (also a builtins.TimeoutError)
+├── NeuronError                 one call failed (carries neuron, layer, index, model,
+│   │                           status_code, attempts and retry_after)
+│   ├── ProviderError           the provider answered with an error (status_code says which)
+│   │   ├── ProviderConnectionError  could not connect, or the connection dropped (retried)
+│   │   └── InvalidResponseError     2xx without usable text: no choices, null or empty
+│   │                                content, a body that is not JSON, a cut-off stream
+│   ├── RateLimitError          429 (carries retry_after when the provider said; retried)
+│   ├── AuthenticationError     401 / 403 (never retried)
+│   └── TimeoutError            no answer in time, or 408 (retried; also a builtins.TimeoutError)
 ├── AllNeuronsFailed            every neuron of a layer failed (an ExceptionGroup of the causes)
-└── AggregationFailed           the aggregator failed; the proposals are kept on the exception
+└── AggregationFailed           the aggregator and its fallbacks failed; the proposals are kept
 ```
+
+Which `NeuronError`s are retried is decided in one place, `moa.retry.is_retryable()`: rate
+limits, timeouts, connection failures and HTTP 408 / 409 / 5xx; never 400 / 401 / 403 / 404 /
+422 and never a 2xx with unusable content.
 
 `ConfigError` and `PluginError` are mistakes in how moa-llm is set up: fix the config or the
 environment. `NeuronError` and its subclasses are failures at run time; a failed neuron is
@@ -43,6 +50,7 @@ __all__ = [
     "MoAError",
     "NeuronError",
     "PluginError",
+    "ProviderConnectionError",
     "ProviderError",
     "QueryError",
     "RateLimitError",
@@ -115,7 +123,10 @@ class NeuronError(MoAError):
     """One call of one neuron failed.
 
     `neuron` is the neuron's key path (`proposal_layers[0].neurons[1]`), `model` its model,
-    `layer` the layer's name and `status_code` the upstream HTTP status when there was one.
+    `layer` the layer's name, `index` the neuron's position in its layer, `status_code` the
+    upstream HTTP status when there was one (None for connection failures and timeouts on our
+    side), `attempts` how many requests were made before giving up, and `retry_after` the
+    seconds the provider asked to wait (`Retry-After`), if it said.
     """
 
     def __init__(
@@ -125,12 +136,18 @@ class NeuronError(MoAError):
         neuron: str | None = None,
         model: str | None = None,
         layer: str | None = None,
+        index: int | None = None,
         status_code: int | None = None,
+        attempts: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.neuron = neuron
         self.model = model
         self.layer = layer
+        self.index = index
         self.status_code = status_code
+        self.attempts = attempts
+        self.retry_after = retry_after
         super().__init__(message)
 
     def __str__(self) -> str:
@@ -144,7 +161,10 @@ class NeuronError(MoAError):
             "neuron": self.neuron,
             "model": self.model,
             "layer": self.layer,
+            "index": self.index,
             "status_code": self.status_code,
+            "attempts": self.attempts,
+            "retry_after": self.retry_after,
         }
 
     def __reduce__(self) -> Any:
@@ -155,19 +175,17 @@ class ProviderError(NeuronError):
     """The provider answered with an error, or could not be reached."""
 
 
+class ProviderConnectionError(ProviderError):
+    """The provider could not be reached, or the connection dropped before an answer."""
+
+
 class InvalidResponseError(ProviderError):
-    """The provider answered successfully but with no usable text (empty, null, no choices)."""
+    """The provider answered successfully but with no usable text: no choices, null or empty
+    content, a body that is not JSON, or a stream cut off before its end."""
 
 
 class RateLimitError(NeuronError):
     """The provider rate-limited the call (HTTP 429). `retry_after` is in seconds, if given."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **context: Any) -> None:
-        self.retry_after = retry_after
-        super().__init__(message, **context)
-
-    def _context(self) -> dict[str, Any]:
-        return {**super()._context(), "retry_after": self.retry_after}
 
 
 class AuthenticationError(NeuronError):
@@ -221,8 +239,9 @@ class AllNeuronsFailed(MoAError, ExceptionGroup[Exception]):
 
 
 class AggregationFailed(MoAError):
-    """The aggregator failed. `proposals` holds the last proposal layer's surviving answers
-    and `layers` every completed layer, so nothing that was paid for is lost."""
+    """The aggregator (and every fallback it had) failed. `cause` is the last failure,
+    `proposals` holds the last proposal layer's surviving answers and `layers` every completed
+    layer, so nothing that was paid for is lost."""
 
     def __init__(
         self,

@@ -39,6 +39,7 @@ from moa.layers.layer import Layer, references_from
 from moa.neurons.base import ChatMessage, Neuron, Reference
 from moa.plugins import get_neuron_class
 from moa.result import LayerResult, MoAResult, NeuronResult, Usage, total_cost
+from moa.retry import RetryPolicy
 from moa.settings import Settings
 
 __all__ = [
@@ -96,8 +97,32 @@ def normalise_query(query: Query) -> tuple[list[ChatMessage], str]:
     return messages, user_turns[-1]
 
 
-def _build_neuron(config: NeuronConfig, settings: Settings, path: str) -> Neuron:
-    return get_neuron_class(config.type)(config, settings=settings, path=path)
+def _build_neuron(
+    config: NeuronConfig,
+    settings: Settings,
+    path: str,
+    top: MoAConfig,
+    fallbacks: Sequence[tuple[NeuronConfig, str]] | None = None,
+) -> Neuron:
+    """Build a neuron with its timeout, retry policy and fallbacks (`fallbacks`: configs and
+    paths; default: the neuron's own `fallbacks` key)."""
+    neuron = get_neuron_class(config.type)(config, settings=settings, path=path)
+    neuron.timeout = config.timeout or top.timeout or settings.request_timeout
+    retry = top.retry
+    retries = config.max_retries if config.max_retries is not None else retry.max_retries
+    neuron.retry_policy = RetryPolicy(
+        max_retries=retries if retries is not None else settings.max_retries,
+        backoff_base=retry.backoff_base,
+        backoff_max=retry.backoff_max,
+        jitter=retry.jitter,
+        max_retry_after=retry.max_retry_after,
+    )
+    if fallbacks is None:
+        fallbacks = [(c, f"{path}.fallbacks[{i}]") for i, c in enumerate(config.fallback_configs())]
+    neuron.fallbacks = tuple(
+        _build_neuron(c, settings, fallback_path, top, ()) for c, fallback_path in fallbacks
+    )
+    return neuron
 
 
 class MixtureOfAgents:
@@ -112,24 +137,33 @@ class MixtureOfAgents:
         self.annotator: UserQueryAnnotator | None = None
         if config.use_annotator and config.annotator is not None:
             self.annotator = UserQueryAnnotator(
-                _build_neuron(config.annotator, self.settings, "annotator")
+                _build_neuron(config.annotator, self.settings, "annotator", config)
             )
         self.layers = tuple(
             Layer(
                 f"proposal_layers[{i}]",
                 i,
                 [
-                    _build_neuron(n, self.settings, f"proposal_layers[{i}].neurons[{j}]")
+                    _build_neuron(n, self.settings, f"proposal_layers[{i}].neurons[{j}]", config)
                     for j, n in enumerate(layer.neurons)
                 ],
                 layer.reference_prompt,
                 budget=Budget(layer.max_reference_tokens, layer.max_context_tokens),
+                deadline=layer.deadline,
+                min_responses=layer.min_responses,
             )
             for i, layer in enumerate(config.proposal_layers)
         )
         agg = config.aggregation_layer
+        agg_fallbacks = [
+            (c, f"{LAYER_NAME}.fallbacks[{i}]") for i, c in enumerate(agg.neuron.fallback_configs())
+        ]
+        if agg.fallback_model is not None:
+            agg_fallbacks.append(
+                (agg.neuron.derive(agg.fallback_model), f"{LAYER_NAME}.fallback_model")
+            )
         self.aggregation = AggregationLayer(
-            _build_neuron(agg.neuron, self.settings, LAYER_NAME), agg
+            _build_neuron(agg.neuron, self.settings, LAYER_NAME, config, agg_fallbacks), agg
         )
         self._prepared = False
         self._context_checked = False
@@ -161,6 +195,9 @@ class MixtureOfAgents:
         found.append(self.aggregation.neuron)
         return tuple(found)
 
+    def _with_fallbacks(self) -> list[Neuron]:
+        return [n for neuron in self.neurons for n in (neuron, *neuron.fallbacks)]
+
     async def prepare(self) -> None:
         """Load what the neurons need (e.g. litellm, ~2 s) ahead of the first `process()`,
         and check that the aggregator's worst-case prompt fits its context window.
@@ -170,7 +207,7 @@ class MixtureOfAgents:
         # A flag, not a stored future: a mixture may be used from several event loops
         # (asyncio.run twice, process_sync). Neuron.prepare() must be idempotent.
         if not self._prepared:
-            await asyncio.gather(*(n.prepare() for n in self.neurons))
+            await asyncio.gather(*(n.prepare() for n in self._with_fallbacks()))
             if not self._context_checked:
                 await asyncio.to_thread(self._warn_about_context_window)
             self._prepared = True
@@ -320,6 +357,7 @@ class MixtureOfAgents:
                 usage=Usage.total(c.usage for c in calls),
                 cost=total_cost(calls),
                 truncations=(*truncations, *aggregation.truncations),
+                partial=any(layer_result.partial for layer_result in completed),
             )
         )
 
@@ -334,7 +372,7 @@ class MixtureOfAgents:
 
     async def aclose(self) -> None:
         """Release every neuron's resources."""
-        await asyncio.gather(*(n.aclose() for n in self.neurons))
+        await asyncio.gather(*(n.aclose() for n in self._with_fallbacks()))
 
     async def __aenter__(self) -> MixtureOfAgents:
         return self

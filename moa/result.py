@@ -83,6 +83,10 @@ class NeuronResult(BaseModel):
     """One neuron's call: what it answered, or why it failed, and how long it took.
 
     `start` and `end` are seconds since `process()` began, so overlaps can be read off.
+    `attempts` counts the requests made (retries and fallbacks included), `attempt_errors`
+    gives the reason of each failed one, oldest first, and `fallback` names the fallback that
+    answered (None when the neuron's own model did). `timed_out` marks a straggler that the
+    layer's deadline cut off.
     """
 
     model_config = _FROZEN
@@ -104,6 +108,10 @@ class NeuronResult(BaseModel):
     time_to_first_token: float | None = Field(
         default=None, description="Seconds from the call's start to its first streamed text."
     )
+    attempts: int = 1
+    attempt_errors: tuple[str, ...] = ()
+    fallback: str | None = None
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
@@ -148,6 +156,11 @@ class LayerResult(BaseModel):
     def failures(self) -> tuple[NeuronResult, ...]:
         return tuple(n for n in self.neurons if not n.ok)
 
+    @property
+    def partial(self) -> bool:
+        """Whether the layer's deadline cut off at least one straggler."""
+        return any(n.timed_out for n in self.neurons)
+
 
 class MoAResult(BaseModel):
     """The answer of a mixture and its trace.
@@ -178,6 +191,11 @@ class MoAResult(BaseModel):
     )
     truncations: tuple[Truncation, ...] = Field(
         default=(), description="Every reference cut to fit a budget, the aggregator's included."
+    )
+    partial: bool = Field(
+        default=False,
+        description="A layer deadline cut off at least one straggler: the answer was made "
+        "without it.",
     )
 
     @property

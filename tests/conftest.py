@@ -3,6 +3,7 @@ with no provider variables set, so nothing from the developer's machine leaks in
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import subprocess
@@ -27,7 +28,15 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 ECHO_PLUGIN = Path(__file__).parent / "plugins" / "moa-echo"
 
-__all__ = ["CANARY_KEY", "EXAMPLES", "ROOT"]
+__all__ = ["CANARY_KEY", "EXAMPLES", "ROOT", "wait_until"]
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll a condition on the fake server's records (it sees disconnects asynchronously);
+    fail after 5 s."""
+    async with asyncio.timeout(5.0):
+        while not condition():  # noqa: ASYNC110 - set by the server thread, no Event to await
+            await asyncio.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)

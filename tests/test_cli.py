@@ -163,7 +163,7 @@ def test_run_streams_tokens_as_they_arrive(fake: FakeProvider, config: Path) -> 
 def test_validate_accepts_the_examples() -> None:
     result = invoke("validate", *(str(p) for p in sorted(EXAMPLES.glob("*.yaml"))))
     assert result.exit_code == 0, result.output
-    assert result.stdout.count(": valid") == 3
+    assert result.stdout.count(": valid") == len(list(EXAMPLES.glob("*.yaml")))
 
 
 def test_validate_rejects_with_the_config_error_text(tmp_path: Path) -> None:

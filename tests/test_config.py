@@ -127,7 +127,7 @@ def test_unknown_key_lists_allowed_keys(tmp_path: Path) -> None:
     assert str(file) in str(error)
     message = str(error)
     assert "proposal_layers[0].neurons[0].colour: unknown key 'colour'" in message
-    assert "allowed: api_key_env, base_url, input_cost_per_token, max_retries, max_tokens, model" in message
+    assert "allowed: api_key_env, base_url, fallbacks, input_cost_per_token, max_retries, max_tokens, model" in message
 
 
 @pytest.mark.parametrize(
@@ -235,8 +235,9 @@ def test_unknown_keys_of_a_plugin_neuron_in_a_layer_list_its_own_keys() -> None:
             }
         )
     message = str(caught.value)
-    assert "neurons[0].replys: unknown key 'replys' (allowed: default, name, prompt, replies" in (
-        message
+    assert (
+        "neurons[0].replys: unknown key 'replys' (allowed: default, fallbacks, max_retries, "
+        "name, prompt, replies, timeout, type, weight)" in message
     )
     assert "did you mean 'replies'?" in message
     assert "aggregation_layer.defualt" in message and "did you mean 'default'?" in message

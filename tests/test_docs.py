@@ -170,3 +170,20 @@ def test_readme_local_models_example_runs() -> None:
     assert out.returncode == 0, out.stderr
     answer, tokens = out.stdout.strip().rsplit("\n", 1)
     assert answer.strip() and int(tokens) > 0
+
+
+def test_readme_resilience_snippet_runs_and_prints_what_it_says(tmp_path: Path) -> None:
+    section = README.split("## Resilience", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)\n```", section, flags=re.S)[0]
+    expected = re.findall(r"```\n(partial:.*?)\n```", section, flags=re.S)[0]
+    env = {k: v for k, v in os.environ.items() if k not in {"PROVIDER_API_KEY", "BASE_URL"}}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected.strip()

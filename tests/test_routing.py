@@ -182,6 +182,8 @@ async def test_error_classes_carry_context(fake: FakeProvider, moa_settings: Set
         await neuron.generate(request)
     assert limited.value.status_code == 429 and limited.value.retry_after == 1.5
     assert limited.value.neuron == "proposal_layers[0].neurons[0]" and limited.value.model == "m/x"
+    # the litellm exception (which holds the request and its headers) is not kept
+    assert limited.value.__context__ is None and limited.value.__cause__ is None
     with pytest.raises(AuthenticationError):
         await neuron.generate(request)
     assert CANARY_KEY not in repr(neuron)

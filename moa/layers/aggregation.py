@@ -27,12 +27,22 @@ LAYER_NAME = "aggregation_layer"
 
 @dataclass(frozen=True)
 class Aggregation:
-    """What the aggregator was asked: the request, the answers it saw (in the order shown,
-    after any cut) and what the budget cut."""
+    """What the aggregator is asked: the conversation, the turns to send (the rendered
+    prompt last), the answers it sees (in the order shown, after any cut) and what the budget
+    cut. `request_for(neuron)` builds the request with that neuron's own system prompt, so a
+    fallback aggregator keeps its prompt."""
 
-    request: NeuronRequest
+    history: tuple[ChatMessage, ...]
+    turns: tuple[ChatMessage, ...]
     selected: tuple[Reference, ...]
     truncations: tuple[Truncation, ...]
+
+    def request_for(self, neuron: Neuron) -> NeuronRequest:
+        return NeuronRequest(
+            messages=system_then(neuron.config.prompt, self.turns),
+            history=self.history,
+            references=self.selected,
+        )
 
 
 class AggregationLayer:
@@ -93,22 +103,17 @@ class AggregationLayer:
             truncations = []
         prompt = self.render(user_query, selected)
         turns = (*history[:-1], {"role": "user", "content": prompt})
-        request = NeuronRequest(
-            messages=system_then(self.neuron.config.prompt, turns),
-            history=tuple(history),
-            references=tuple(selected),
-        )
-        return Aggregation(request, tuple(selected), tuple(truncations))
+        return Aggregation(tuple(history), tuple(turns), tuple(selected), tuple(truncations))
 
     async def run(
         self, aggregation: Aggregation, *, origin: float, completed: Sequence[LayerResult] = ()
     ) -> NeuronResult:
         """Aggregate; raise `AggregationFailed` (keeping every completed layer) on failure."""
         result, _, failure = await call_neuron(
-            self.neuron, aggregation.request, layer=LAYER_NAME, index=0, origin=origin
+            self.neuron, aggregation.request_for, layer=LAYER_NAME, index=0, origin=origin
         )
         if failure is not None:
-            raise _failed(failure, completed)
+            raise self._failed(failure, result.attempt_errors, completed)
         return result
 
     async def stream(
@@ -117,17 +122,28 @@ class AggregationLayer:
         """Aggregate with the neuron's `stream()`: yield text deltas as they arrive, then the
         aggregator's `NeuronResult`; raise `AggregationFailed` as `run()` does."""
         call = StreamedCall(
-            self.neuron, aggregation.request, layer=LAYER_NAME, index=0, origin=origin
+            self.neuron, aggregation.request_for, layer=LAYER_NAME, index=0, origin=origin
         )
         async for piece in call:
             yield piece
-        if call.failure is not None:
-            raise _failed(call.failure, completed)
         assert call.result is not None
+        if call.failure is not None:
+            raise self._failed(call.failure, call.result.attempt_errors, completed)
         yield call.result
 
-
-def _failed(failure: NeuronError, completed: Sequence[LayerResult]) -> AggregationFailed:
-    error = AggregationFailed(f"the aggregator failed: {failure}", cause=failure, layers=completed)
-    error.__cause__ = failure
-    return error
+    def _failed(
+        self,
+        failure: NeuronError,
+        attempt_errors: Sequence[str],
+        completed: Sequence[LayerResult],
+    ) -> AggregationFailed:
+        count = len(self.neuron.fallbacks)
+        who = f"the aggregator and its {count} fallback(s)" if count else "the aggregator"
+        reasons = "; ".join(attempt_errors) or str(failure)
+        error = AggregationFailed(
+            f"{who} failed, the proposals are kept on this error: {reasons}",
+            cause=failure,
+            layers=completed,
+        )
+        error.__cause__ = failure
+        return error

@@ -10,7 +10,15 @@ from typing import Any
 from moa._budget import Budget, fit_references
 from moa._template import render
 from moa.errors import AllNeuronsFailed, NeuronError
-from moa.layers._call import call_neuron, format_responses, gather_all, system_then
+from moa.layers._call import (
+    CallState,
+    call_neuron,
+    cut_off,
+    format_responses,
+    gather_all,
+    gather_until,
+    system_then,
+)
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Reference
 from moa.result import LayerResult, NeuronResult, Truncation
 
@@ -49,7 +57,9 @@ class Layer:
     is followed by `reference_prompt` with every surviving answer of the previous layer.
 
     With a `budget`, those answers are first cut to fit it (counted with the tokenizer of
-    the layer's first neuron).
+    the layer's first neuron). With a `deadline` (seconds), once it has passed and at least
+    `min_responses` neurons answered, the layer cancels the stragglers, records them as
+    `timed_out` and goes on.
     """
 
     def __init__(
@@ -60,12 +70,16 @@ class Layer:
         reference_prompt: str,
         *,
         budget: Budget | None = None,
+        deadline: float | None = None,
+        min_responses: int = 1,
     ) -> None:
         self.name = name
         self.index = index
         self.neurons = tuple(neurons)
         self.reference_prompt = reference_prompt
         self.budget = budget
+        self.deadline = deadline
+        self.min_responses = min_responses
 
     def _system(self, neuron: Neuron, rendered_refs: str | None) -> str | None:
         parts = [p for p in (neuron.config.prompt, rendered_refs) if p]
@@ -96,25 +110,55 @@ class Layer:
         )
         history = tuple(history)
         refs = tuple(references)
+        states = [CallState() for _ in self.neurons]
+
+        def request_for(neuron: Neuron) -> NeuronRequest:
+            return NeuronRequest(
+                messages=system_then(self._system(neuron, rendered), history),
+                history=history,
+                references=refs,
+            )
+
         calls = [
             call_neuron(
                 neuron,
-                NeuronRequest(
-                    messages=system_then(self._system(neuron, rendered), history),
-                    history=history,
-                    references=refs,
-                ),
+                request_for,
                 layer=self.name,
                 index=i,
                 origin=origin,
                 semaphore=semaphore,
+                state=states[i],
             )
             for i, neuron in enumerate(self.neurons)
         ]
         if on_result is not None:
             calls = [_reporting(call, on_result) for call in calls]
-        outcomes = await gather_all(calls)
-        results: list[NeuronResult] = [result for result, _, _ in outcomes]
+        if self.deadline is None:
+            outcomes: list[_Outcome | None] = list(await gather_all(calls))
+        else:
+            outcomes = await gather_until(
+                calls,
+                deadline=self.deadline,
+                quorum=self.min_responses,
+                succeeded=lambda outcome: outcome[1] is not None,
+            )
+        results: list[NeuronResult] = [
+            outcome[0]
+            if outcome is not None
+            else cut_off(
+                self.neurons[i],
+                states[i],
+                layer=self.name,
+                index=i,
+                origin=origin,
+                deadline=self.deadline or 0.0,
+            )
+            for i, outcome in enumerate(outcomes)
+        ]
+        if on_result is not None:  # stragglers cut off by the deadline are reported too
+            for outcome, result in zip(outcomes, results, strict=True):
+                if outcome is None:
+                    on_result(result)
         layer = LayerResult(
             name=self.name,
             index=self.index,
@@ -123,7 +167,7 @@ class Layer:
             truncations=tuple(truncations),
         )
         if not layer.survivors:
-            failures: list[NeuronError] = [f for _, _, f in outcomes if f is not None]
+            failures = [o[2] for o in outcomes if o is not None and o[2] is not None]
             raise AllNeuronsFailed(
                 f"all {len(self.neurons)} neurons of {self.name} failed: "
                 + "; ".join(str(f) for f in failures),

@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
 
 from moa.errors import (
     AuthenticationError,
     InvalidResponseError,
     NeuronError,
+    ProviderConnectionError,
     ProviderError,
     RateLimitError,
     redact,
@@ -70,8 +73,15 @@ async def close_session() -> None:
         await entry[1].aclose()
 
 
+def _headers(api_key: SecretStr | None, **extra: str) -> dict[str, str]:
+    """Request headers. Built inline at the call, so no moa frame keeps the key in a local."""
+    if api_key is None:
+        return extra
+    return {**extra, "Authorization": f"Bearer {api_key.get_secret_value()}"}
+
+
 def _error_for(
-    status: int, headers: Mapping[str, str], body: bytes, secrets: Iterable[str]
+    status: int, headers: Mapping[str, str], body: bytes, api_key: SecretStr | None
 ) -> NeuronError:
     message = body.decode("utf-8", "replace")[:2000]
     try:
@@ -82,14 +92,17 @@ def _error_for(
             message = parsed["error"]
     except ValueError:
         pass
-    message = redact(message, secrets)
+    message = redact(message, [api_key.get_secret_value() if api_key else None])
+    retry_after = _retry_after(headers)  # honoured for any retryable status, not only 429
     if status == 429:
-        return RateLimitError(message, status_code=status, retry_after=_retry_after(headers))
+        return RateLimitError(
+            f"rate limited: {message}", status_code=status, retry_after=retry_after
+        )
     if status in (401, 403):
-        return AuthenticationError(message, status_code=status)
-    if status in (408, 504):
-        return NeuronTimeout(message, status_code=status)
-    return ProviderError(message, status_code=status)
+        return AuthenticationError(f"credentials rejected: {message}", status_code=status)
+    if status == 408:
+        return NeuronTimeout(f"timed out: {message}", status_code=status, retry_after=retry_after)
+    return ProviderError(message, status_code=status, retry_after=retry_after)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -103,45 +116,49 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def _transport_error(exc: BaseException, timeout: float) -> NeuronError:
+def _transport_error(exc: BaseException, timeout: float | None) -> NeuronError:
     if isinstance(exc, TimeoutError):
-        return NeuronTimeout(f"timed out: no answer within {timeout:g} s")
-    return ProviderError(f"connection failed: {type(exc).__name__}: {exc}")
+        return NeuronTimeout(f"timed out: no answer within {timeout or 0:g} s")
+    return ProviderConnectionError(f"connection failed: {type(exc).__name__}: {exc}")
 
 
 async def post_json(
     url: str,
     payload: Mapping[str, Any],
-    headers: Mapping[str, str],
     *,
-    timeout_s: float,
-    secrets: Iterable[str] = (),
+    api_key: SecretStr | None,
+    timeout_s: float | None,
 ) -> dict[str, Any]:
     """POST `payload` as JSON and return the decoded JSON object of a 2xx answer."""
     import aiohttp
 
     session = await _session()
+    failure: NeuronError | None = None
     try:
         async with session.post(
             url,
             data=json.dumps(payload),
-            headers={**headers, "Content-Type": "application/json"},
+            headers=_headers(api_key, **{"Content-Type": "application/json"}),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as response:
-            body = await response.read()
-            status = response.status
-            response_headers = response.headers
+            # The body goes straight into the error or the decoder, never into a local: an
+            # error body may echo the key, and error trackers capture frame locals.
+            if response.status >= 400:
+                failure = _error_for(
+                    response.status, response.headers, await response.read(), api_key
+                )
+            else:
+                return _decode(await response.read())
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise _transport_error(exc, timeout_s) from None
-    if status >= 400:
-        raise _error_for(status, response_headers, body, secrets)
+        failure = _transport_error(exc, timeout_s)
+    raise failure  # outside the except block: no __context__ into aiohttp's frames
+
+
+def _decode(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except ValueError:
-        raise InvalidResponseError(
-            f"the provider answered {status} with a body that is not JSON: {body[:200]!r}",
-            status_code=status,
-        ) from None
+        raise InvalidResponseError(f"the response body is not valid JSON: {body[:200]!r}") from None
     if not isinstance(data, dict):
         raise InvalidResponseError("the provider answered with JSON that is not an object")
     return data
@@ -150,10 +167,9 @@ async def post_json(
 async def stream_sse(
     url: str,
     payload: Mapping[str, Any],
-    headers: Mapping[str, str],
     *,
-    timeout_s: float,
-    secrets: Iterable[str] = (),
+    api_key: SecretStr | None,
+    timeout_s: float | None,
 ) -> AsyncIterator[dict[str, Any]]:
     """POST with `stream: true` and yield each decoded `data:` event until `[DONE]`.
 
@@ -166,11 +182,13 @@ async def stream_sse(
         async with session.post(
             url,
             data=json.dumps(payload),
-            headers={**headers, "Content-Type": "application/json", "Accept": "text/event-stream"},
+            headers=_headers(
+                api_key, **{"Content-Type": "application/json", "Accept": "text/event-stream"}
+            ),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s),
         ) as response:
             if response.status >= 400:
-                raise _error_for(response.status, response.headers, await response.read(), secrets)
+                raise _error_for(response.status, response.headers, await response.read(), api_key)
             async for raw_line in response.content:
                 line = raw_line.strip()
                 if not line.startswith(b"data:"):
@@ -187,7 +205,10 @@ async def stream_sse(
                 if isinstance(event, dict):
                     if isinstance(event.get("error"), dict):
                         raise ProviderError(
-                            redact(str(event["error"].get("message", event["error"])), secrets)
+                            redact(
+                                str(event["error"].get("message", event["error"])),
+                                [api_key.get_secret_value() if api_key else None],
+                            )
                         )
                     yield event
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -18,6 +18,7 @@ from typing import ClassVar, Protocol
 
 from moa.config import NeuronConfig
 from moa.result import Usage
+from moa.retry import RetryPolicy
 from moa.settings import Settings
 
 __all__ = [
@@ -121,6 +122,12 @@ class Neuron(ABC):
     Subclasses set `Config` to a `NeuronConfig` subclass whose `type` field is a `Literal` of
     the registered type name, and implement `generate`. `prepare` (once, before the first
     call) and `aclose` are optional hooks.
+
+    How a neuron is *called* is the caller's business, the same for every type: each
+    attempt is bounded by `timeout` seconds, retryable failures are retried under
+    `retry_policy`, and when the neuron fails for good its `fallbacks` are tried in order.
+    A neuron makes one attempt per `generate` call and never retries by itself. The mixture
+    sets these three from the config; the defaults come from `settings`.
     """
 
     Config: ClassVar[type[NeuronConfig]] = NeuronConfig
@@ -135,6 +142,12 @@ class Neuron(ABC):
         self.config = config
         self.settings = settings if settings is not None else Settings()
         self.path = path
+        self.timeout: float = config.timeout or self.settings.request_timeout
+        retries = config.max_retries
+        self.retry_policy = RetryPolicy(
+            max_retries=retries if retries is not None else self.settings.max_retries
+        )
+        self.fallbacks: tuple[Neuron, ...] = ()
 
     @property
     def label(self) -> str:

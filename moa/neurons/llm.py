@@ -9,10 +9,13 @@ sends it to that endpoint instead, and `api_key_env` names the variable holding 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
 import logging
 import os
+import re
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from moa.errors import (
     InvalidResponseError,
     MissingCredentialsError,
     NeuronError,
+    ProviderConnectionError,
     ProviderError,
     RateLimitError,
     redact,
@@ -40,7 +44,14 @@ from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Tok
 from moa.result import Usage
 from moa.settings import Settings
 
-__all__ = ["LLMNeuron", "LiteLLMTokenizer", "Route", "load_litellm", "resolve_route"]
+__all__ = [
+    "LLMNeuron",
+    "LiteLLMTokenizer",
+    "Route",
+    "classify_exception",
+    "load_litellm",
+    "resolve_route",
+]
 
 logger = logging.getLogger("moa")
 
@@ -62,8 +73,6 @@ class LLMConfig(NeuronConfig):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the environment variable holding this neuron's API key.",
     )
-    timeout: float | None = Field(default=None, gt=0, description="Seconds per call.")
-    max_retries: int | None = Field(default=None, ge=0, le=10)
     params: dict[str, JsonValue] = Field(
         default_factory=dict, description="Extra litellm/provider parameters (top_p, stop...)."
     )
@@ -173,7 +182,7 @@ class FastPlan:
 
     url: str
     body: dict[str, Any]
-    headers: dict[str, str]
+    api_key: SecretStr
     provider: str
 
 
@@ -212,7 +221,7 @@ def plan_fast_path(litellm: ModuleType, config: LLMConfig, route: Route) -> Fast
     return FastPlan(
         url=base.rstrip("/") + "/chat/completions",
         body={"model": model, **params, **extra_body},
-        headers={"Authorization": f"Bearer {key}"},
+        api_key=SecretStr(key),
         provider=provider,
     )
 
@@ -239,10 +248,6 @@ class LLMNeuron(Neuron):
         if not isinstance(config, LLMConfig):
             raise TypeError(f"LLMNeuron needs an LLMConfig, got {type(config).__name__}")
         self.route = resolve_route(config, self.settings, where=path)
-        self._timeout = config.timeout or self.settings.request_timeout
-        self._retries = (
-            config.max_retries if config.max_retries is not None else self.settings.max_retries
-        )
         self._unpriced = False
         self._plan: FastPlan | object | None = _UNPLANNED
 
@@ -257,39 +262,52 @@ class LLMNeuron(Neuron):
             self._plan = plan_fast_path(litellm, self.config, self.route)
 
     def _request_kwargs(self, request: NeuronRequest) -> dict[str, Any]:
-        """litellm arguments of one call, shared by `generate()` and `stream()`."""
+        """litellm arguments for one attempt, without the API key (see `_complete`)."""
         kwargs: dict[str, Any] = dict(self.config.params)
         kwargs.update(
             model=self.route.model,
             messages=[dict(m) for m in request.messages],
             temperature=self.config.temperature,
-            timeout=self._timeout,
-            num_retries=self._retries,
+            # moa.retry owns retries and the caller bounds each attempt: one attempt here, and
+            # an explicit timeout so litellm's hidden 600 s default never applies.
+            timeout=self.timeout,
+            num_retries=0,
             max_retries=0,
         )
         if self.config.max_tokens is not None:
             kwargs["max_tokens"] = self.config.max_tokens
         if self.route.api_base is not None:
             kwargs["api_base"] = self.route.api_base
-        if self.route.api_key is not None:
-            kwargs["api_key"] = self.route.api_key.get_secret_value()
         return kwargs
 
-    def _secrets(self) -> list[str]:
-        return [self.route.api_key.get_secret_value()] if self.route.api_key else []
+    async def _complete(self, litellm: ModuleType, kwargs: dict[str, Any]) -> Any:
+        """Call litellm. The key is read inline, never kept in a local variable: tracebacks
+        that capture locals (error trackers) see only the SecretStr."""
+        if self.route.api_key is None:
+            return await litellm.acompletion(**kwargs)
+        return await litellm.acompletion(**kwargs, api_key=self.route.api_key.get_secret_value())
 
     async def generate(self, request: NeuronRequest) -> Generation:
         await self.prepare()
         plan = self._plan
-        with self._map_errors():
+        failure: NeuronError | None = None
+        try:
             if isinstance(plan, FastPlan):
                 body = {**plan.body, "messages": [dict(m) for m in request.messages]}
                 response: Any = await _http.post_json(
-                    plan.url, body, plan.headers, timeout_s=self._timeout, secrets=self._secrets()
+                    plan.url, body, api_key=plan.api_key, timeout_s=self.timeout
                 )
             else:
                 litellm = await _aload_litellm()
-                response = await litellm.acompletion(**self._request_kwargs(request))
+                response = await self._complete(litellm, self._request_kwargs(request))
+        except NeuronError as exc:  # the fast path's own, already in moa's terms
+            failure = self._stamped(exc)
+        except Exception as exc:
+            failure = self._mapped(exc)
+        if failure is not None:
+            # Raised outside the except block: the new error has no __context__, so the
+            # litellm exception (which holds the request, headers included) is not kept.
+            raise failure
         return await self._parse(response, request)
 
     async def _chunks(self, request: NeuronRequest) -> AsyncIterator[Any]:
@@ -304,14 +322,14 @@ class LLMNeuron(Neuron):
                 "stream_options": {"include_usage": True},
             }
             async for event in _http.stream_sse(
-                plan.url, body, plan.headers, timeout_s=self._timeout, secrets=self._secrets()
+                plan.url, body, api_key=plan.api_key, timeout_s=self.timeout
             ):
                 yield event
             return
         litellm = await _aload_litellm()
         kwargs = self._request_kwargs(request)
         kwargs.update(stream=True, stream_options={"include_usage": True})
-        response = await litellm.acompletion(**kwargs)
+        response = await self._complete(litellm, kwargs)
         try:
             async for chunk in response:
                 yield chunk
@@ -352,6 +370,8 @@ class LLMNeuron(Neuron):
         if not choices:
             raise self._error(InvalidResponseError, "the provider returned no choices")
         text = _field(_field(choices[0], "message"), "content")
+        if text is None:
+            raise self._error(InvalidResponseError, "the provider returned null content")
         if not isinstance(text, str) or not text.strip():
             raise self._error(InvalidResponseError, "the provider returned empty content")
         usage = await self._usage(_field(response, "usage"), request, text)
@@ -419,31 +439,60 @@ class LLMNeuron(Neuron):
 
     @contextmanager
     def _map_errors(self) -> Iterator[None]:
-        """Turn litellm/openai exceptions into the moa error tree, with the key redacted."""
+        """Turn litellm/openai exceptions into the moa error tree, with the key redacted
+        (for code that cannot use `generate`'s raise-outside-except shape, e.g. streams)."""
         try:
             yield
         except NeuronError as exc:
-            exc.model = exc.model or self.config.model  # the fast path's errors lack context
-            exc.neuron = exc.neuron or self.path
-            raise
+            raise self._stamped(exc) from None
         except Exception as exc:
             raise self._mapped(exc) from None
 
+    def _stamped(self, exc: NeuronError) -> NeuronError:
+        """The fast path's errors come without the neuron's context: add it."""
+        exc.model = exc.model or self.config.model
+        exc.neuron = exc.neuron or self.path
+        return exc
+
     def _mapped(self, exc: Exception) -> NeuronError:
+        """The moa error for a litellm exception, classified by its cause chain (litellm
+        reports a refused connection and a non-JSON body as HTTP 500; they are not)."""
         secret = self.route.api_key.get_secret_value() if self.route.api_key else None
-        message = redact(f"{type(exc).__name__}: {exc}", [secret])
-        status = getattr(exc, "status_code", None)
-        status = status if isinstance(status, int) else None
-        name = type(exc).__name__
-        if name == "RateLimitError" or status == 429:
+        kind, status = classify_exception(exc)
+        message = redact(_reason(exc), [secret])
+        if kind == "rate_limit":
             return self._error(
-                RateLimitError, message, status_code=status or 429, retry_after=_retry_after(exc)
+                RateLimitError,
+                f"rate limited: {message}",
+                status_code=status,
+                retry_after=_retry_after(exc),
             )
-        if name in {"AuthenticationError", "PermissionDeniedError"} or status in {401, 403}:
-            return self._error(AuthenticationError, message, status_code=status)
-        if name in {"Timeout", "APITimeoutError"} or isinstance(exc, asyncio.TimeoutError):
-            return self._error(NeuronTimeout, message, status_code=status)
-        return self._error(ProviderError, message, status_code=status)
+        if kind == "auth":
+            return self._error(
+                AuthenticationError, f"credentials rejected: {message}", status_code=status
+            )
+        if kind == "timeout":
+            return self._error(
+                NeuronTimeout,
+                f"timed out: {message}",
+                status_code=status,
+                retry_after=_retry_after(exc),
+            )
+        if kind == "connection":
+            return self._error(
+                ProviderConnectionError, f"connection failed: {message}", status_code=None
+            )
+        if kind == "not_json":
+            return self._error(
+                InvalidResponseError, f"the response body is not valid JSON: {message}"
+            )
+        if kind == "cut_stream":
+            return self._error(
+                InvalidResponseError, "the stream ended before it was complete (no [DONE])"
+            )
+        return self._error(
+            ProviderError, message, status_code=status, retry_after=_retry_after(exc)
+        )
 
     def __repr__(self) -> str:
         return f"<LLMNeuron {self.path} {self.route.model!r} at {self.route.api_base or 'litellm'}>"
@@ -464,6 +513,87 @@ class LiteLLMTokenizer:
         return text.rstrip("\ufffd")  # a cut inside a multi-byte character
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain) and len(chain) < 16:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _kinds(chain: list[BaseException]) -> set[tuple[str, str]]:
+    """(top-level module, class name) of every class in the MRO of every exception."""
+    return {
+        (klass.__module__.partition(".")[0], klass.__name__)
+        for error in chain
+        for klass in type(error).__mro__
+    }
+
+
+_AUTH_NAMES = frozenset({"AuthenticationError", "PermissionDeniedError"})
+_TIMEOUTS = {
+    ("openai", "APITimeoutError"),
+    ("httpx", "TimeoutException"),
+    ("builtins", "TimeoutError"),
+}
+_CONNECTION = {
+    ("openai", "APIConnectionError"),
+    ("httpx", "NetworkError"),
+    ("httpx", "RemoteProtocolError"),
+    ("aiohttp", "ClientConnectionError"),
+    ("builtins", "ConnectionError"),
+}
+
+
+def classify_exception(exc: BaseException) -> tuple[str, int | None]:
+    """What went wrong in a litellm/openai call, and the upstream HTTP status if there was
+    one: kind is rate_limit, auth, timeout, connection, not_json, cut_stream or error.
+
+    The causes decide first: litellm's top-level class says "InternalServerError (500)" for
+    a refused connection and for a body that is not JSON alike.
+    """
+    chain = _causes(exc)
+    causes = _kinds(chain[1:])
+    if causes & _TIMEOUTS:
+        return "timeout", None
+    if ("json", "JSONDecodeError") in causes:
+        return "not_json", None
+    if ("builtins", "StopAsyncIteration") in causes:
+        return "cut_stream", None
+    if causes & _CONNECTION:
+        return "connection", None
+    raw = getattr(exc, "status_code", None)
+    status = raw if isinstance(raw, int) else None
+    name = type(exc).__name__
+    if status == 429 or name == "RateLimitError":
+        return "rate_limit", status or 429
+    if status in {401, 403} or name in _AUTH_NAMES:
+        return "auth", status
+    if status == 408 or (status is None and (_kinds(chain[:1]) & _TIMEOUTS)):
+        return "timeout", status
+    return "error", status
+
+
+_PREFIX = re.compile(r"^(?:litellm\.)?(?:\w*(?:Error|Exception|Timeout)|Timeout Error)(?::| -)\s+")
+
+
+def _reason(exc: BaseException) -> str:
+    """The provider's message without litellm's repeated class-name prefixes."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    for _ in range(6):
+        stripped = _PREFIX.sub("", text, count=1)
+        if stripped == text:
+            break
+        text = stripped
+    if text in {"", "Connection error."}:  # say what actually failed
+        chain = _causes(exc)
+        root = chain[-1]
+        text = f"{text} {type(root).__name__}: {root}".strip() if len(chain) > 1 else text
+    return text[:500]
+
+
 def _retry_after(exc: Exception) -> float | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
@@ -472,11 +602,16 @@ def _retry_after(exc: Exception) -> float | None:
     try:
         if headers.get("retry-after-ms") is not None:
             return float(headers["retry-after-ms"]) / 1000.0
-        if headers.get("retry-after") is not None:
-            return float(headers["retry-after"])
-    except (TypeError, ValueError):
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:  # an HTTP date
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return None
 
 
 @hookimpl

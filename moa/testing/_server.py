@@ -41,8 +41,10 @@ _PIECES = re.compile(r"\S+\s*|\s+")
 _ERROR_KINDS: dict[int, tuple[str, str]] = {  # status -> (error.type, error.code)
     400: ("invalid_request_error", "bad_request"), 401: ("authentication_error", "invalid_api_key"),
     403: ("permission_error", "permission_denied"), 404: ("invalid_request_error", "not_found"),
-    408: ("timeout_error", "timeout"), 429: ("rate_limit_error", "rate_limit_exceeded"),
-    500: ("server_error", "internal_error"), 503: ("server_error", "service_unavailable"),
+    408: ("timeout_error", "timeout"), 409: ("invalid_request_error", "conflict"),
+    422: ("invalid_request_error", "unprocessable_entity"),
+    429: ("rate_limit_error", "rate_limit_exceeded"), 500: ("server_error", "internal_error"),
+    502: ("server_error", "bad_gateway"), 503: ("server_error", "service_unavailable"),
 }  # fmt: skip
 
 

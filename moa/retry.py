@@ -1,0 +1,194 @@
+"""The retry policy: one for every provider and every neuron type.
+
+What is retried is decided here and nowhere else (litellm and the openai SDK are called with
+their own retries turned off, so there is exactly one retry layer):
+
+- retried: `RateLimitError` (429), `TimeoutError` (no answer in time, or 408),
+  `ProviderConnectionError` (refused, reset, dropped before an answer), and any other
+  `ProviderError` whose status is 409 or 5xx;
+- never retried: 400 / 401 / 403 / 404 / 422, `AuthenticationError`, `InvalidResponseError`
+  (a 2xx with unusable content), and anything that is not a `NeuronError` (a bug propagates).
+
+The wait before retry *n* (0-based) is `min(backoff_base * 2**n, backoff_max)`, less up to
+`jitter` of it at random (the openai-python shape). A `Retry-After` / `retry-after-ms` sent
+with a retryable failure (429, 503...) is honoured instead when it is at most
+`max_retry_after`; a longer one ends the retries at once, so a fallback model (if any) takes
+over instead of waiting.
+
+`Retrying` runs attempts under a policy and counts them. It serves plain calls (`run`) and
+streams (`stream`): a stream is retried only until it has produced its first item, never
+after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+from moa.errors import (
+    AuthenticationError,
+    InvalidResponseError,
+    NeuronError,
+    ProviderConnectionError,
+    RateLimitError,
+)
+from moa.errors import TimeoutError as NeuronTimeout
+
+__all__ = ["NEVER_RETRIED_STATUS", "RETRYABLE_STATUS", "RetryPolicy", "Retrying", "is_retryable"]
+
+logger = logging.getLogger("moa")
+
+_T = TypeVar("_T")
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+"""Statuses below 500 that are worth another attempt (every 5xx is too)."""
+
+NEVER_RETRIED_STATUS = frozenset({400, 401, 403, 404, 422})
+"""Statuses that will fail the same way every time."""
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether another attempt of the same call may succeed where `error` failed."""
+    if not isinstance(error, NeuronError):
+        return False
+    if isinstance(error, (AuthenticationError, InvalidResponseError)):
+        return False
+    status = error.status_code
+    if status in NEVER_RETRIED_STATUS:
+        return False
+    if isinstance(error, (RateLimitError, NeuronTimeout, ProviderConnectionError)):
+        return True
+    return status is not None and (status in RETRYABLE_STATUS or 500 <= status <= 599)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently to retry a failed call.
+
+    `max_retries` counts retries, not attempts (2 means up to 3 requests). Delays are in
+    seconds; `jitter` is the largest fraction of a backoff removed at random (0 disables it).
+    """
+
+    max_retries: int = 2
+    backoff_base: float = 0.5
+    backoff_max: float = 8.0
+    jitter: float = 0.25
+    max_retry_after: float = 30.0
+
+    def delay(
+        self, retry: int, error: BaseException, rand: Callable[[], float] = random.random
+    ) -> float | None:
+        """Seconds to wait before retry number `retry` (0-based) after `error`, or None when
+        the call should not be retried (not retryable, out of retries, Retry-After too long).
+        """
+        if retry >= self.max_retries or not is_retryable(error):
+            return None
+        retry_after = error.retry_after if isinstance(error, NeuronError) else None
+        if isinstance(retry_after, (int, float)) and retry_after >= 0:
+            return float(retry_after) if retry_after <= self.max_retry_after else None
+        backoff = min(self.backoff_base * 2.0**retry, self.backoff_max)
+        return backoff * (1.0 - self.jitter * rand())
+
+
+class Retrying:
+    """Runs the attempts of one call under `policy`, each bounded by `timeout` seconds.
+
+    `attempts` and `errors` (each failed attempt, oldest first) stay readable afterwards,
+    even when the caller was cancelled half-way. An attempt that overruns `timeout` is
+    cancelled and counts as a `moa.errors.TimeoutError`. `on_error` sees each failure first.
+    """
+
+    __slots__ = ("attempts", "errors", "on_error", "policy", "timeout")
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        timeout: float | None = None,
+        *,
+        on_error: Callable[[NeuronError], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.timeout = timeout
+        self.on_error = on_error  # e.g. to stamp the neuron's path on an error before it is logged
+        self.attempts = 0
+        self.errors: list[NeuronError] = []
+
+    async def run(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """Await `attempt()` until it succeeds or the policy gives up (its last error raised)."""
+        while True:
+            self.attempts += 1
+            try:
+                return await self._bounded(attempt)
+            except NeuronError as error:
+                await self._before_retry(error)
+
+    async def stream(self, open_stream: Callable[[], AsyncIterator[_T]]) -> AsyncIterator[_T]:
+        """Yield the items of `open_stream()`, retrying only until the first item arrives.
+
+        The timeout bounds the wait for the first item. Once an item has been yielded, a
+        failure propagates untouched: a partly delivered answer is never silently restarted.
+        """
+        while True:
+            self.attempts += 1
+            iterator = open_stream()
+            try:
+                first = await self._bounded(partial(anext, iterator))
+            except StopAsyncIteration:
+                return
+            except NeuronError as error:
+                await _aclose(iterator)
+                await self._before_retry(error)
+                continue
+            except BaseException:
+                await _aclose(iterator)
+                raise
+            break
+        try:
+            yield first
+            async for item in iterator:
+                yield item
+        finally:
+            await _aclose(iterator)
+
+    async def _bounded(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        if self.timeout is None:
+            return await attempt()
+        scope = asyncio.timeout(self.timeout)
+        try:
+            async with scope:
+                return await attempt()
+        except TimeoutError as exc:  # the builtin, raised by the scope (or by the attempt)
+            if not scope.expired() or isinstance(exc, NeuronError):
+                raise
+        # Raised outside the except block: no __context__ chain into the cancelled call's
+        # frames (whose locals may hold request details).
+        raise NeuronTimeout(f"no answer within {self.timeout:g} s")
+
+    async def _before_retry(self, error: NeuronError) -> None:
+        """Record `error`; sleep before the next attempt, or raise `error` if there is none."""
+        if self.on_error is not None:
+            self.on_error(error)
+        self.errors.append(error)
+        error.attempts = self.attempts
+        wait = self.policy.delay(self.attempts - 1, error)
+        if wait is None:
+            raise error
+        logger.info(
+            "retrying after %s (attempt %d of %d) in %.2f s",
+            error,
+            self.attempts,
+            self.policy.max_retries + 1,
+            wait,
+        )
+        await asyncio.sleep(wait)
+
+
+async def _aclose(iterator: AsyncIterator[object]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
