@@ -7,10 +7,9 @@ before anything is built, and raises `ConfigError` naming the file, the key path
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from typing import Any, ClassVar
 
 from pydantic import (
     BaseModel,
@@ -395,9 +394,11 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
 
 def _first_error(exc: ValueError) -> str:
     """A short reason from a ValueError or pydantic ValidationError."""
+    from moa._config_errors import key_path
+
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
-        where = _key_path(first["loc"])
+        where = key_path(first["loc"])
         message = str(first["msg"]).removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown key"
@@ -409,99 +410,14 @@ def _validate(data: dict[str, Any], source: str) -> MoAConfig:
     try:
         return MoAConfig.model_validate(data)
     except ValidationError as exc:
-        errors = [(_key_path(e["loc"]), _explain(e, data)) for e in exc.errors()]
+        from moa._config_errors import explain, key_path
+
+        errors = [(key_path(e["loc"]), explain(e, data)) for e in exc.errors()]
         lines = "\n".join(f"  {path or '<root>'}: {message}" for path, message in errors)
         count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
         raise ConfigError(
             f"invalid moa config in {source} ({count}):\n{lines}", source=source, errors=errors
         ) from None
-
-
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for i, part in enumerate(loc):
-        if part == "neuron" and i > 0 and loc[i - 1] == "aggregation_layer":
-            continue  # the aggregator's neuron keys sit beside its own keys in YAML
-        if isinstance(part, int):
-            parts.append(f"[{part}]")
-        else:
-            parts.append(f".{part}" if parts else str(part))
-    return "".join(parts)
-
-
-def _explain(error: Any, data: Mapping[str, Any]) -> str:
-    kind = error["type"]
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        key = str(error["loc"][-1])
-        allowed = _allowed_keys(tuple(error["loc"][:-1]), data)
-        hint = ""
-        close = difflib.get_close_matches(key, allowed, n=1)
-        if close:
-            hint = f"; did you mean {close[0]!r}?"
-        elif len(error["loc"]) == 1 and key in {"model", "temperature", "prompt"}:
-            hint = "; is it meant to be indented under 'annotator:'?"
-        return f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))}){hint}"
-    if kind == "missing":
-        return "required key is missing"
-    if (
-        "input" in error
-        and kind not in {"model_type", "dict_type"}
-        and not isinstance(error["input"], (dict, list))
-    ):
-        return f"{message} (got {error['input']!r})"
-    return message
-
-
-def _allowed_keys(loc: tuple[int | str, ...], data: Any) -> list[str]:
-    """The keys the model at `loc` accepts, found by walking the raw data alongside the models."""
-    model: Any = MoAConfig
-    for part in loc:
-        if model is NeuronConfig and not isinstance(part, int):
-            # resolved only once `data` is the neuron's own mapping (not its layer's list)
-            model = _neuron_config_for(data)
-        if isinstance(data, (list, dict)) and part != "neuron":
-            try:
-                data = data[part]  # type: ignore[index]
-            except (KeyError, IndexError, TypeError):
-                data = None
-        if isinstance(part, int):
-            continue
-        if model is AggregationLayerConfig and part == "neuron":
-            break  # the aggregator's neuron keys live in the aggregation_layer mapping itself
-        field = model.model_fields.get(part) if _is_model(model) else None
-        if field is None:
-            return []
-        model = _model_of(field.annotation)
-    if model is NeuronConfig:
-        model = _neuron_config_for(data)
-    if model is AggregationLayerConfig:
-        neuron_cls = _neuron_config_for(data)
-        return sorted((set(model.model_fields) - {"neuron"}) | set(neuron_cls.model_fields))
-    return sorted(model.model_fields) if _is_model(model) else []
-
-
-def _is_model(obj: Any) -> bool:
-    return isinstance(obj, type) and issubclass(obj, BaseModel)
-
-
-def _model_of(annotation: Any) -> Any:
-    """The model class inside `list[X]`, `X | None` or `Annotated[X, ...]`."""
-    while get_origin(annotation) is not None and get_origin(annotation) is not Literal:
-        if get_origin(annotation) is Annotated:
-            annotation = get_args(annotation)[0]
-            continue
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        annotation = args[-1] if args else None
-    return annotation
-
-
-def _neuron_config_for(data: Any) -> type[NeuronConfig]:
-    from moa.plugins import neuron_types
-
-    type_name = data.get("type", "llm") if isinstance(data, Mapping) else "llm"
-    neuron_cls = neuron_types().get(str(type_name))
-    return neuron_cls.Config if neuron_cls is not None else NeuronConfig
 
 
 def json_schema() -> dict[str, Any]:
@@ -512,51 +428,6 @@ def json_schema() -> dict[str, Any]:
     left out only for the default `llm`. The aggregator's schema puts the neuron keys beside
     `aggregation_prompt`, `shuffle` and `dropout_rate`, as they are written in YAML.
     """
-    from pydantic.json_schema import models_json_schema
+    from moa._schema import config_json_schema
 
-    from moa.plugins import neuron_types
-
-    types = sorted(neuron_types().items())
-    keys, schema = models_json_schema(
-        [(MoAConfig, "validation"), *((cls.Config, "validation") for _, cls in types)],
-        ref_template="#/$defs/{model}",
-    )
-    defs: dict[str, Any] = schema["$defs"]
-    aggregation = defs["AggregationLayerConfig"]
-    own = {k: v for k, v in aggregation["properties"].items() if k != "neuron"}
-    neuron_refs: dict[str, str] = {}
-    aggregator_refs: dict[str, str] = {}
-    for name, cls in types:
-        ref = keys[(cls.Config, "validation")]["$ref"]
-        variant = defs[ref.rsplit("/", 1)[-1]]
-        properties = variant.setdefault("properties", {})
-        properties["type"] = {**properties.get("type", {}), "const": name}
-        required = [r for r in variant.get("required", []) if r != "type"]
-        variant["required"] = required if name == "llm" else ["type", *required]
-        neuron_refs[name] = ref
-        aggregator_name = f"AggregationLayerConfig_{name}"
-        defs[aggregator_name] = {
-            **variant,
-            "title": f"Aggregation layer ({name} neuron)",
-            "properties": {**properties, **own},
-        }
-        aggregator_refs[name] = f"#/$defs/{aggregator_name}"
-
-    def union(refs: dict[str, str], description: str) -> dict[str, Any]:
-        return {
-            "description": description,
-            "oneOf": [{"$ref": ref} for ref in refs.values()],
-            "discriminator": {"propertyName": "type", "mapping": refs},
-        }
-
-    defs["NeuronConfig"] = union(
-        neuron_refs, f"A neuron; 'type' selects one of: {', '.join(neuron_refs)} (default llm)."
-    )
-    defs["AggregationLayerConfig"] = union(aggregator_refs, str(aggregation.get("description")))
-    root = defs.pop("MoAConfig")
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        **root,
-        "title": "moa-llm config",
-        "$defs": dict(sorted(defs.items())),
-    }
+    return config_json_schema()

@@ -30,6 +30,7 @@ from moa.errors import (
     redact,
 )
 from moa.errors import TimeoutError as NeuronTimeout
+from moa.neurons._upstream_errors import retry_after_seconds
 
 if TYPE_CHECKING:
     import aiohttp
@@ -93,7 +94,7 @@ def _error_for(
     except ValueError:
         pass
     message = redact(message, [api_key.get_secret_value() if api_key else None])
-    retry_after = _retry_after(headers)  # honoured for any retryable status, not only 429
+    retry_after = retry_after_seconds(headers)  # honoured for any retryable status, not only 429
     if status == 429:
         return RateLimitError(
             f"rate limited: {message}", status_code=status, retry_after=retry_after
@@ -103,17 +104,6 @@ def _error_for(
     if status == 408:
         return NeuronTimeout(f"timed out: {message}", status_code=status, retry_after=retry_after)
     return ProviderError(message, status_code=status, retry_after=retry_after)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    try:
-        if "retry-after-ms" in headers:
-            return float(headers["retry-after-ms"]) / 1000.0
-        if "retry-after" in headers:
-            return float(headers["retry-after"])
-    except ValueError:
-        return None
-    return None
 
 
 def _transport_error(exc: BaseException, timeout: float | None) -> NeuronError:

@@ -9,13 +9,10 @@ sends it to that endpoint instead, and `api_key_env` names the variable holding 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import ipaddress
 import logging
 import os
-import re
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +36,9 @@ from moa.errors import (
 from moa.errors import TimeoutError as NeuronTimeout
 from moa.hookspecs import RegisterNeuron, hookimpl
 from moa.neurons import _http
+from moa.neurons._fastpath import FastPlan, field, plan_fast_path
 from moa.neurons._providers import LITELLM_PROVIDERS
+from moa.neurons._upstream_errors import classify_exception, reason, retry_after_of
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, TokenLimits
 from moa.result import Usage
 from moa.settings import Settings
@@ -175,64 +174,6 @@ async def _aload_litellm() -> ModuleType:
     return await asyncio.to_thread(load_litellm)
 
 
-@dataclass(frozen=True)
-class FastPlan:
-    """A call litellm has resolved once (provider, URL, key, provider-mapped parameters) and
-    moa makes itself over a pooled HTTP connection, without litellm's per-call bookkeeping."""
-
-    url: str
-    body: dict[str, Any]
-    api_key: SecretStr
-    provider: str
-
-
-def plan_fast_path(litellm: ModuleType, config: LLMConfig, route: Route) -> FastPlan | None:
-    """The fast-path plan for an OpenAI-compatible provider, or None to stay on litellm."""
-    if os.environ.get("MOA_FAST_PATH", "1").lower() in {"0", "false", "no", "off"}:
-        return None
-    try:
-        model, provider, dynamic_key, api_base = litellm.get_llm_provider(
-            route.model, api_base=route.api_base
-        )
-    except Exception:
-        return None
-    if provider != "openai" and provider not in litellm.openai_compatible_providers:
-        return None
-    base = route.api_base or api_base
-    if base is None and provider == "openai":
-        base = os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-    key = route.api_key.get_secret_value() if route.api_key is not None else dynamic_key
-    if key is None and provider == "openai":
-        key = os.environ.get("OPENAI_API_KEY")
-    if not base or not key:
-        return None
-    try:
-        params = litellm.get_optional_params(
-            model=model,
-            custom_llm_provider=provider,
-            temperature=config.temperature,
-            max_tokens=config.max_tokens,
-            **config.params,
-        )
-    except Exception:
-        return None  # litellm's own path will report the problem on the call
-    params.pop("stream", None)
-    extra_body = params.pop("extra_body", None) or {}
-    return FastPlan(
-        url=base.rstrip("/") + "/chat/completions",
-        body={"model": model, **params, **extra_body},
-        api_key=SecretStr(key),
-        provider=provider,
-    )
-
-
-def _field(obj: Any, name: str) -> Any:
-    """`obj[name]` for the fast path's dicts, `obj.name` for litellm's objects."""
-    if obj is None:
-        return None
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-
 class LLMNeuron(Neuron):
     """A chat model. litellm resolves the provider; OpenAI-compatible endpoints are then called
     directly (the fast path, see `plan_fast_path`), every other provider through
@@ -347,13 +288,13 @@ class LLMNeuron(Neuron):
         finished = False
         with self._map_errors():
             async for chunk in self._chunks(request):
-                raw_usage = _field(chunk, "usage") or raw_usage
-                model = model or _field(chunk, "model")
-                choices = _field(chunk, "choices")
+                raw_usage = field(chunk, "usage") or raw_usage
+                model = model or field(chunk, "model")
+                choices = field(chunk, "choices")
                 if not choices:  # the include_usage chunk has choices=[]
                     continue
-                finished = finished or bool(_field(choices[0], "finish_reason"))
-                text = _field(_field(choices[0], "delta"), "content")
+                finished = finished or bool(field(choices[0], "finish_reason"))
+                text = field(field(choices[0], "delta"), "content")
                 if isinstance(text, str) and text:
                     pieces.append(text)
                     yield text
@@ -366,23 +307,23 @@ class LLMNeuron(Neuron):
         yield Generation(text=text, usage=usage, cost=self.cost(usage), model=model)
 
     async def _parse(self, response: Any, request: NeuronRequest) -> Generation:
-        choices = _field(response, "choices") or []
+        choices = field(response, "choices") or []
         if not choices:
             raise self._error(InvalidResponseError, "the provider returned no choices")
-        text = _field(_field(choices[0], "message"), "content")
+        text = field(field(choices[0], "message"), "content")
         if text is None:
             raise self._error(InvalidResponseError, "the provider returned null content")
         if not isinstance(text, str) or not text.strip():
             raise self._error(InvalidResponseError, "the provider returned empty content")
-        usage = await self._usage(_field(response, "usage"), request, text)
+        usage = await self._usage(field(response, "usage"), request, text)
         return Generation(
-            text=text, usage=usage, cost=self.cost(usage), model=_field(response, "model")
+            text=text, usage=usage, cost=self.cost(usage), model=field(response, "model")
         )
 
     async def _usage(self, raw: Any, request: NeuronRequest, text: str) -> Usage:
         """The provider's usage; counted with litellm's tokenizer when the provider sent none."""
-        prompt = _field(raw, "prompt_tokens")
-        completion = _field(raw, "completion_tokens")
+        prompt = field(raw, "prompt_tokens")
+        completion = field(raw, "completion_tokens")
         if isinstance(prompt, int) and isinstance(completion, int) and prompt + completion > 0:
             return Usage(prompt_tokens=prompt, completion_tokens=completion)
         # Off the event loop: a tokenizer may load (or, outside offline mode, download).
@@ -459,13 +400,13 @@ class LLMNeuron(Neuron):
         reports a refused connection and a non-JSON body as HTTP 500; they are not)."""
         secret = self.route.api_key.get_secret_value() if self.route.api_key else None
         kind, status = classify_exception(exc)
-        message = redact(_reason(exc), [secret])
+        message = redact(reason(exc), [secret])
         if kind == "rate_limit":
             return self._error(
                 RateLimitError,
                 f"rate limited: {message}",
                 status_code=status,
-                retry_after=_retry_after(exc),
+                retry_after=retry_after_of(exc),
             )
         if kind == "auth":
             return self._error(
@@ -476,7 +417,7 @@ class LLMNeuron(Neuron):
                 NeuronTimeout,
                 f"timed out: {message}",
                 status_code=status,
-                retry_after=_retry_after(exc),
+                retry_after=retry_after_of(exc),
             )
         if kind == "connection":
             return self._error(
@@ -491,7 +432,7 @@ class LLMNeuron(Neuron):
                 InvalidResponseError, "the stream ended before it was complete (no [DONE])"
             )
         return self._error(
-            ProviderError, message, status_code=status, retry_after=_retry_after(exc)
+            ProviderError, message, status_code=status, retry_after=retry_after_of(exc)
         )
 
     def __repr__(self) -> str:
@@ -511,107 +452,6 @@ class LiteLLMTokenizer:
     def decode(self, tokens: Sequence[int]) -> str:
         text: str = load_litellm().decode(model=self.model, tokens=list(tokens))
         return text.rstrip("\ufffd")  # a cut inside a multi-byte character
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """`exc` and the exceptions it was raised from, outermost first."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not seen for seen in chain) and len(chain) < 16:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-def _kinds(chain: list[BaseException]) -> set[tuple[str, str]]:
-    """(top-level module, class name) of every class in the MRO of every exception."""
-    return {
-        (klass.__module__.partition(".")[0], klass.__name__)
-        for error in chain
-        for klass in type(error).__mro__
-    }
-
-
-_AUTH_NAMES = frozenset({"AuthenticationError", "PermissionDeniedError"})
-_TIMEOUTS = {
-    ("openai", "APITimeoutError"),
-    ("httpx", "TimeoutException"),
-    ("builtins", "TimeoutError"),
-}
-_CONNECTION = {
-    ("openai", "APIConnectionError"),
-    ("httpx", "NetworkError"),
-    ("httpx", "RemoteProtocolError"),
-    ("aiohttp", "ClientConnectionError"),
-    ("builtins", "ConnectionError"),
-}
-
-
-def classify_exception(exc: BaseException) -> tuple[str, int | None]:
-    """What went wrong in a litellm/openai call, and the upstream HTTP status if there was
-    one: kind is rate_limit, auth, timeout, connection, not_json, cut_stream or error.
-
-    The causes decide first: litellm's top-level class says "InternalServerError (500)" for
-    a refused connection and for a body that is not JSON alike.
-    """
-    chain = _causes(exc)
-    causes = _kinds(chain[1:])
-    if causes & _TIMEOUTS:
-        return "timeout", None
-    if ("json", "JSONDecodeError") in causes:
-        return "not_json", None
-    if ("builtins", "StopAsyncIteration") in causes:
-        return "cut_stream", None
-    if causes & _CONNECTION:
-        return "connection", None
-    raw = getattr(exc, "status_code", None)
-    status = raw if isinstance(raw, int) else None
-    name = type(exc).__name__
-    if status == 429 or name == "RateLimitError":
-        return "rate_limit", status or 429
-    if status in {401, 403} or name in _AUTH_NAMES:
-        return "auth", status
-    if status == 408 or (status is None and (_kinds(chain[:1]) & _TIMEOUTS)):
-        return "timeout", status
-    return "error", status
-
-
-_PREFIX = re.compile(r"^(?:litellm\.)?(?:\w*(?:Error|Exception|Timeout)|Timeout Error)(?::| -)\s+")
-
-
-def _reason(exc: BaseException) -> str:
-    """The provider's message without litellm's repeated class-name prefixes."""
-    text = str(getattr(exc, "message", None) or exc).strip()
-    for _ in range(6):
-        stripped = _PREFIX.sub("", text, count=1)
-        if stripped == text:
-            break
-        text = stripped
-    if text in {"", "Connection error."}:  # say what actually failed
-        chain = _causes(exc)
-        root = chain[-1]
-        text = f"{text} {type(root).__name__}: {root}".strip() if len(chain) > 1 else text
-    return text[:500]
-
-
-def _retry_after(exc: Exception) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    try:
-        if headers.get("retry-after-ms") is not None:
-            return float(headers["retry-after-ms"]) / 1000.0
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            return float(value)
-        except ValueError:  # an HTTP date
-            when = email.utils.parsedate_to_datetime(value)
-            return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 @hookimpl
