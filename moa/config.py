@@ -66,7 +66,7 @@ DEFAULT_AGGREGATION_PROMPT = (
     "RESPONSE WEIGHTS:\n{response_weights}"
 )
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+_STRICT = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 _MAX_REFERENCE_TOKENS = (
     "Most tokens of one previous answer this layer sees; longer ones are cut at a token "

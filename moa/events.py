@@ -40,7 +40,7 @@ __all__ = [
     "Token",
 ]
 
-_FROZEN = ConfigDict(frozen=True)
+_FROZEN = ConfigDict(frozen=True, defer_build=True)
 
 
 class AnnotatorFinished(BaseModel):
@@ -136,5 +136,5 @@ MoAEvent = Annotated[
 ]
 """Any event of `MixtureOfAgents.stream()`; `event.kind` tells which."""
 
-MoAEventAdapter: TypeAdapter[MoAEvent] = TypeAdapter(MoAEvent)
+MoAEventAdapter: TypeAdapter[MoAEvent] = TypeAdapter(MoAEvent, config=ConfigDict(defer_build=True))
 """Parses an event back from JSON or a dict: `MoAEventAdapter.validate_json(payload)`."""

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 __all__ = ["LayerResult", "MoAResult", "NeuronResult", "Truncation", "Usage", "total_cost"]
 
-_FROZEN = ConfigDict(frozen=True)
+_FROZEN = ConfigDict(frozen=True, defer_build=True)
 
 
 class Usage(BaseModel):
