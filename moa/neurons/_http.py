@@ -21,16 +21,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from moa.errors import (
-    AuthenticationError,
     InvalidResponseError,
     NeuronError,
-    ProviderConnectionError,
     ProviderError,
-    RateLimitError,
     redact,
 )
-from moa.errors import TimeoutError as NeuronTimeout
-from moa.neurons._upstream_errors import retry_after_seconds
+from moa.neurons._upstream_errors import kind_of_status, neuron_error, retry_after_seconds
 
 if TYPE_CHECKING:
     import aiohttp
@@ -94,22 +90,16 @@ def _error_for(
     except ValueError:
         pass
     message = redact(message, [api_key.get_secret_value() if api_key else None])
-    retry_after = retry_after_seconds(headers)  # honoured for any retryable status, not only 429
-    if status == 429:
-        return RateLimitError(
-            f"rate limited: {message}", status_code=status, retry_after=retry_after
-        )
-    if status in (401, 403):
-        return AuthenticationError(f"credentials rejected: {message}", status_code=status)
-    if status == 408:
-        return NeuronTimeout(f"timed out: {message}", status_code=status, retry_after=retry_after)
-    return ProviderError(message, status_code=status, retry_after=retry_after)
+    # Retry-After is honoured for any retryable status, not only 429
+    return neuron_error(
+        kind_of_status(status), message, status=status, retry_after=retry_after_seconds(headers)
+    )
 
 
 def _transport_error(exc: BaseException, timeout: float | None) -> NeuronError:
     if isinstance(exc, TimeoutError):
-        return NeuronTimeout(f"timed out: no answer within {timeout or 0:g} s")
-    return ProviderConnectionError(f"connection failed: {type(exc).__name__}: {exc}")
+        return neuron_error("timeout", f"no answer within {timeout or 0:g} s")
+    return neuron_error("connection", f"{type(exc).__name__}: {exc}")
 
 
 async def post_json(
@@ -148,7 +138,7 @@ def _decode(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except ValueError:
-        raise InvalidResponseError(f"the response body is not valid JSON: {body[:200]!r}") from None
+        raise neuron_error("not_json", repr(body[:200])) from None
     if not isinstance(data, dict):
         raise InvalidResponseError("the provider answered with JSON that is not an object")
     return data
@@ -203,4 +193,4 @@ async def stream_sse(
                     yield event
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise _transport_error(exc, timeout_s) from None
-    raise InvalidResponseError("the stream ended before it was complete (no [DONE])")
+    raise neuron_error("cut_stream", "")

@@ -11,7 +11,24 @@ import re
 import time
 from typing import Any
 
-__all__ = ["classify_exception", "reason", "retry_after_of", "retry_after_seconds"]
+from moa.errors import (
+    AuthenticationError,
+    InvalidResponseError,
+    NeuronError,
+    ProviderConnectionError,
+    ProviderError,
+    RateLimitError,
+)
+from moa.errors import TimeoutError as NeuronTimeout
+
+__all__ = [
+    "classify_exception",
+    "kind_of_status",
+    "neuron_error",
+    "reason",
+    "retry_after_of",
+    "retry_after_seconds",
+]
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -117,3 +134,36 @@ def retry_after_seconds(headers: Any) -> float | None:
 def retry_after_of(exc: BaseException) -> float | None:
     """The Retry-After of the HTTP response an exception carries, if any."""
     return retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
+
+
+def kind_of_status(status: int) -> str:
+    """The failure kind of an HTTP error status, as `classify_exception` names them."""
+    if status == 429:
+        return "rate_limit"
+    if status in (401, 403):
+        return "auth"
+    if status == 408:
+        return "timeout"
+    return "error"
+
+
+def neuron_error(
+    kind: str, message: str, *, status: int | None = None, retry_after: float | None = None
+) -> NeuronError:
+    """moa's error for a failure kind: the one mapping both call paths use, so a provider
+    failing the same way fails the same way whether litellm or moa made the call."""
+    if kind == "rate_limit":
+        return RateLimitError(
+            f"rate limited: {message}", status_code=status, retry_after=retry_after
+        )
+    if kind == "auth":
+        return AuthenticationError(f"credentials rejected: {message}", status_code=status)
+    if kind == "timeout":
+        return NeuronTimeout(f"timed out: {message}", status_code=status, retry_after=retry_after)
+    if kind == "connection":
+        return ProviderConnectionError(f"connection failed: {message}")
+    if kind == "not_json":
+        return InvalidResponseError(f"the response body is not valid JSON: {message}")
+    if kind == "cut_stream":
+        return InvalidResponseError("the stream ended before it was complete (no [DONE])")
+    return ProviderError(message, status_code=status, retry_after=retry_after)

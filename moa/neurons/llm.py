@@ -24,21 +24,21 @@ from pydantic import Field, JsonValue, SecretStr
 
 from moa.config import NeuronConfig
 from moa.errors import (
-    AuthenticationError,
     InvalidResponseError,
     MissingCredentialsError,
     NeuronError,
-    ProviderConnectionError,
-    ProviderError,
-    RateLimitError,
     redact,
 )
-from moa.errors import TimeoutError as NeuronTimeout
 from moa.hookspecs import RegisterNeuron, hookimpl
 from moa.neurons import _http
 from moa.neurons._fastpath import FastPlan, field, plan_fast_path
 from moa.neurons._providers import LITELLM_PROVIDERS
-from moa.neurons._upstream_errors import classify_exception, reason, retry_after_of
+from moa.neurons._upstream_errors import (
+    classify_exception,
+    neuron_error,
+    reason,
+    retry_after_of,
+)
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, TokenLimits
 from moa.result import Usage
 from moa.settings import Settings
@@ -400,40 +400,13 @@ class LLMNeuron(Neuron):
         reports a refused connection and a non-JSON body as HTTP 500; they are not)."""
         secret = self.route.api_key.get_secret_value() if self.route.api_key else None
         kind, status = classify_exception(exc)
-        message = redact(reason(exc), [secret])
-        if kind == "rate_limit":
-            return self._error(
-                RateLimitError,
-                f"rate limited: {message}",
-                status_code=status,
-                retry_after=retry_after_of(exc),
-            )
-        if kind == "auth":
-            return self._error(
-                AuthenticationError, f"credentials rejected: {message}", status_code=status
-            )
-        if kind == "timeout":
-            return self._error(
-                NeuronTimeout,
-                f"timed out: {message}",
-                status_code=status,
-                retry_after=retry_after_of(exc),
-            )
-        if kind == "connection":
-            return self._error(
-                ProviderConnectionError, f"connection failed: {message}", status_code=None
-            )
-        if kind == "not_json":
-            return self._error(
-                InvalidResponseError, f"the response body is not valid JSON: {message}"
-            )
-        if kind == "cut_stream":
-            return self._error(
-                InvalidResponseError, "the stream ended before it was complete (no [DONE])"
-            )
-        return self._error(
-            ProviderError, message, status_code=status, retry_after=retry_after_of(exc)
+        error = neuron_error(
+            kind,
+            redact(reason(exc), [secret]),
+            status=status if kind not in {"connection", "not_json", "cut_stream"} else None,
+            retry_after=retry_after_of(exc),
         )
+        return self._stamped(error)
 
     def __repr__(self) -> str:
         return f"<LLMNeuron {self.path} {self.route.model!r} at {self.route.api_base or 'litellm'}>"
