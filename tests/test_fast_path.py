@@ -136,3 +136,13 @@ async def test_whole_mixture_on_the_fast_path(fake: FakeProvider, moa_settings: 
     result = await moa.process("q")
     assert all(getattr(n, "fast_path", False) for n in moa.neurons)
     assert result.content == "answer from m/agg" and result.usage.completion_tokens == 9
+
+
+async def test_groq_models_take_the_fast_path(fake: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+    """litellm 1.110.2's own Groq handler fails on answers without `service_tier`; the fast
+    path sends groq/ models as the OpenAI-compatible calls they are."""
+    monkeypatch.setenv("GROQ_TEAM_KEY", "sk-groq")
+    n = neuron(fake, model="groq/llama-3.1-8b-instant", base_url=fake.base_url, api_key_env="GROQ_TEAM_KEY")
+    generation = await n.generate(REQUEST)
+    assert n.fast_path and generation.text == "answer from llama-3.1-8b-instant"
+    assert fake.requests[0].headers["authorization"] == "Bearer sk-groq"
