@@ -39,20 +39,23 @@ def test_readme_main_command_installs_the_local_model_and_runs() -> None:
     assert (ROOT / "requirements-local.txt").is_file()
 
 
+def run_example(
+    script: str, *args: str, cwd: Path, base_url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `examples/<script>` from `cwd` with no provider variables in the environment; with
+    `base_url`, a `.env.local` there points it at the fake provider with the canary key."""
+    if base_url is not None:
+        (cwd / ".env.local").write_text(f"PROVIDER_API_KEY={CANARY_KEY}\nBASE_URL={base_url}\n")
+    env = {k: v for k, v in os.environ.items() if k not in {"PROVIDER_API_KEY", "BASE_URL"}}
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def test_seed_usage_example_end_to_end(fake: FakeProvider, tmp_path: Path) -> None:
     """`python examples/quickstart.py` with .env.local pointing at the loopback provider."""
-    (tmp_path / ".env.local").write_text(
-        f"PROVIDER_API_KEY={CANARY_KEY}\nBASE_URL={fake.base_url}\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in {"PROVIDER_API_KEY", "BASE_URL"}}
-    out = subprocess.run(
-        [sys.executable, str(EXAMPLES / "quickstart.py"), "What is 2+2?"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_example("quickstart.py", "What is 2+2?", cwd=tmp_path, base_url=fake.base_url)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("answer from meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo\n")
     assert "Total Completion Time:" in out.stdout
@@ -64,33 +67,14 @@ def test_seed_usage_example_end_to_end(fake: FakeProvider, tmp_path: Path) -> No
 
 
 def test_quickstart_without_a_key_says_which_variable(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in {"PROVIDER_API_KEY", "BASE_URL"}}
-    out = subprocess.run(
-        [sys.executable, str(EXAMPLES / "quickstart.py"), "hi"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_example("quickstart.py", "hi", cwd=tmp_path)
     assert out.returncode == 1
     assert "PROVIDER_API_KEY" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_stream_example_end_to_end(fake: FakeProvider, tmp_path: Path) -> None:
     """`python examples/stream.py`: progress on stderr, the answer streamed to stdout."""
-    (tmp_path / ".env.local").write_text(
-        f"PROVIDER_API_KEY={CANARY_KEY}\nBASE_URL={fake.base_url}\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in {"PROVIDER_API_KEY", "BASE_URL"}}
-    out = subprocess.run(
-        [sys.executable, str(EXAMPLES / "stream.py"), "What is 2+2?"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_example("stream.py", "What is 2+2?", cwd=tmp_path, base_url=fake.base_url)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("answer from meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo\n")
     assert "cost: unknown" in out.stdout and "Tokens:" in out.stdout

@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from moa.errors import NeuronError
+from moa.errors import TimeoutError as NeuronTimeout
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Reference
 from moa.result import NeuronResult
 from moa.retry import Retrying
@@ -132,8 +133,9 @@ def _neuron_result(
     failure: NeuronError | None,
     answered_by: Neuron,
     first_token: float | None = None,
+    timed_out: bool = False,
 ) -> NeuronResult:
-    """The trace entry of a finished call (streamed or not)."""
+    """The trace entry of a call: finished (streamed or not), or cut off by a deadline."""
     if failure is not None:
         failure.attempts = state.attempts
     return NeuronResult(
@@ -155,6 +157,7 @@ def _neuron_result(
         attempts=state.attempts,
         attempt_errors=tuple(str(e) for e in state.errors),
         fallback=answered_by.label if answered_by is not neuron else None,
+        timed_out=timed_out,
     )
 
 
@@ -244,22 +247,18 @@ def cut_off(
 ) -> NeuronResult:
     """The trace entry of a straggler that a layer deadline cancelled."""
     now = time.perf_counter()
-    start = state.start if state.start is not None else now
-    return NeuronResult(
-        path=neuron.path,
+    failure = NeuronTimeout(
+        f"cut off by the layer deadline of {deadline:g} s",
+        neuron=neuron.path,
+        model=neuron.label,
         layer=layer,
         index=index,
-        model=neuron.label,
-        weight=neuron.weight,
-        error=f"{neuron.path} ({neuron.label}): cut off by the layer deadline of {deadline:g} s",
-        error_type="TimeoutError",
-        seconds=now - start,
-        start=start - origin,
-        end=now - origin,
-        attempts=state.attempts,
-        attempt_errors=tuple(str(e) for e in state.errors),
-        timed_out=True,
     )
+    return _neuron_result(
+        neuron, state, layer=layer, index=index, origin=origin,
+        start=state.start if state.start is not None else now, end=now,
+        generation=None, failure=failure, answered_by=neuron, timed_out=True,
+    )  # fmt: skip
 
 
 async def gather_all(calls: Sequence[Coroutine[Any, Any, _T]]) -> list[_T]:
