@@ -2,9 +2,10 @@
 
     python benchmarks/fanout.py [--calls 300] [--rss-calls 20000]
 
-The fake provider runs in child processes (one answering at once, one after 50 ms), so
-`time.process_time()` here is the client's CPU alone. Printed as ratios to the raw-httpx floor
-and to the ideal wall time, since absolute numbers depend on the (shared, 2-core) machine.
+The fake provider runs in a child process (`_common.fake_provider_process`; a model named
+`50ms/...` answers after 50 ms, `0ms/...` at once), so `time.process_time()` here is the
+client's CPU alone. Printed as ratios to the raw-httpx floor and to the ideal wall time, since
+absolute numbers depend on the (shared, 2-core) machine.
 """
 
 from __future__ import annotations
@@ -15,26 +16,16 @@ import gc
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
+from _common import fake_provider_process, pct, settings_for, shape
+
+from moa import MixtureOfAgents
 
 MESSAGES = [{"role": "user", "content": "How far is the moon?"}]
-
-
-def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moa.testing", "--latency", str(latency)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
+KEY = "sk-bench-not-a-real-key"  # what settings_for() sends
 
 
 async def per_call(fn: Callable[[], Awaitable[Any]], calls: int) -> tuple[float, float]:
@@ -51,27 +42,9 @@ async def per_call(fn: Callable[[], Awaitable[Any]], calls: int) -> tuple[float,
     return statistics.median(walls) * 1000, cpu * 1000
 
 
-def percentiles(values: list[float]) -> tuple[float, float]:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2], ordered[max(0, int(len(ordered) * 0.99) - 1)]
-
-
-def build(base: str, config: dict[str, Any]) -> Any:
-    from pydantic import SecretStr
-
-    from moa import MixtureOfAgents, Settings
-
-    settings = Settings(provider_api_key=SecretStr("sk-bench"), base_url=base, max_retries=0)
-    return MixtureOfAgents.from_config(config, settings=settings)
-
-
-def layers(width: int, depth: int) -> dict[str, Any]:
-    return {
-        "proposal_layers": [
-            {"neurons": [{"model": f"bench/m{i}"} for i in range(width)]} for _ in range(depth)
-        ],
-        "aggregation_layer": {"model": "bench/agg"},
-    }
+def mixture(base: str, layers: int, width: int, latency_ms: float) -> MixtureOfAgents:
+    config = shape(layers, width, kind="llm", latency_ms=latency_ms)
+    return MixtureOfAgents.from_config(config, settings=settings_for(base))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -81,49 +54,38 @@ async def main(args: argparse.Namespace) -> None:
     from moa.neurons.base import NeuronRequest
     from moa.neurons.llm import LLMConfig, LLMNeuron, load_litellm
 
-    fast_proc, fast = start_server(0.0)
-    slow_proc, slow = start_server(0.05)
-    try:
+    with fake_provider_process() as base:
         litellm = load_litellm()
         client = httpx.AsyncClient()
-        oai = openai.AsyncOpenAI(base_url=fast, api_key="sk-bench", max_retries=0)
-        moa_fast = build(fast, layers(1, 1))
-        neuron = moa_fast.layers[0].neurons[0]
+        oai = openai.AsyncOpenAI(base_url=base, api_key=KEY, max_retries=0)
+        neuron = mixture(base, 1, 1, 0).layers[0].neurons[0]
         request = NeuronRequest(messages=tuple(MESSAGES))
-        from pydantic import SecretStr
-
-        from moa import Settings
-
-        # another litellm provider format, sent to the loopback server through base_url
-        os.environ.setdefault("BENCH_KEY", "sk-bench")
+        # another litellm provider, sent to the loopback server through base_url
+        os.environ.setdefault("BENCH_KEY", KEY)
         together = LLMNeuron(
-            LLMConfig(
-                model="together_ai/meta-llama/Llama-3-8b-chat-hf",
-                base_url=fast,
-                api_key_env="BENCH_KEY",
-            ),
-            settings=Settings(provider_api_key=SecretStr("sk-bench"), max_retries=0),
+            LLMConfig(model="together_ai/0ms/Llama-3-8b", base_url=base, api_key_env="BENCH_KEY"),
+            settings=settings_for(base),
         )
         await neuron.prepare()
         await together.prepare()
 
         async def raw_httpx() -> None:
             r = await client.post(
-                f"{fast}/chat/completions",
-                json={"model": "bench/m", "messages": MESSAGES},
-                headers={"Authorization": "Bearer sk-bench"},
+                f"{base}/chat/completions",
+                json={"model": "0ms/m", "messages": MESSAGES},
+                headers={"Authorization": f"Bearer {KEY}"},
             )
             r.json()
 
         async def sdk() -> None:
-            await oai.chat.completions.create(model="bench/m", messages=MESSAGES)  # type: ignore[arg-type]
+            await oai.chat.completions.create(model="0ms/m", messages=MESSAGES)  # type: ignore[arg-type]
 
         async def lite() -> None:
             await litellm.acompletion(
-                model="openai/bench/m",
+                model="openai/0ms/m",
                 messages=MESSAGES,
-                api_base=fast,
-                api_key="sk-bench",
+                api_base=base,
+                api_key=KEY,
                 timeout=10,
                 num_retries=0,
                 max_retries=0,
@@ -149,26 +111,26 @@ async def main(args: argparse.Namespace) -> None:
             ratio = cpu / floor_cpu
             print(f"  {name:30s} wall {wall:6.2f} ms  CPU {cpu:6.3f} ms  CPU/floor {ratio:5.2f}x")
 
-        wide = build(slow, layers(12, 1))
+        wide = mixture(base, 1, 12, 50)
         await wide.prepare()
         walls = []
         for _ in range(args.runs):
             t0 = time.perf_counter()
             await wide.layers[0].run(MESSAGES, (), origin=t0)
             walls.append(time.perf_counter() - t0)
-        p50, p99 = percentiles(walls)
+        p50, p99 = pct(walls, 50), pct(walls, 99)
         print(
             f"12-wide layer at 50 ms: p50 wall / 50 ms = {p50 / 0.05:.3f}, p99 = {p99 / 0.05:.3f}"
         )
 
-        deep = build(slow, layers(4, 3))
+        deep = mixture(base, 3, 4, 50)
         await deep.prepare()
         walls = []
         for _ in range(args.runs):
             t0 = time.perf_counter()
             await deep.process("q")
             walls.append(time.perf_counter() - t0)
-        p50, p99 = percentiles(walls)
+        p50, p99 = pct(walls, 50), pct(walls, 99)
         print(
             "3 layers x 4 + aggregator at 50 ms: wall / critical path (4 x 50 ms) "
             f"p50 = {p50 / 0.2:.3f}, p99 = {p99 / 0.2:.3f}"
@@ -197,10 +159,6 @@ async def main(args: argparse.Namespace) -> None:
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(f"max RSS growth over {args.rss_calls:,} more calls: {(rss1 - rss0) / 1024:.1f} MB")
         await client.aclose()
-    finally:
-        for proc in (fast_proc, slow_proc):
-            proc.terminate()
-            proc.wait()
 
 
 if __name__ == "__main__":
