@@ -149,6 +149,9 @@ def create_app(
     `api_key` (the CLI passes `MOA_SERVER_API_KEY`) makes /v1 routes require
     `Authorization: Bearer <api_key>`. `prepare` loads what the mixtures need at startup.
     """
+    from moa._redact import remember
+
+    remember(api_key)  # never echoed back, whatever an upstream quotes
     served = dict(mixtures)
     started = int(time.time())
 

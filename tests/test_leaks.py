@@ -118,11 +118,13 @@ async def test_a_neuron_call_quotes_no_key(
             deltas.append(piece if isinstance(piece, str) else repr(piece))
     except NeuronError as error:
         texts += error_texts(error)
-    texts += [*deltas, "".join(deltas), logs.text]
+    streamed = "".join(d for d in deltas if not d.startswith("Generation("))
+    texts += [*deltas, streamed, logs.text]
     assert len(fake.requests) == 2
     assert_no_key(texts)
     if shape == "answer quoting the key":  # the answer itself survives, the key is masked
-        assert "Your key is x***, keep it safe." in texts
+        assert streamed == "Your key is x***, keep it safe."
+        assert "Generation(text='Your key is x***, keep it safe.'" in texts[0]
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -235,3 +237,17 @@ async def test_every_configured_secret_is_masked_not_only_the_callers(
     assert bad.error is not None and "keys seen: ***, ***, ***; end" in bad.error
     assert result.content == "summary quoting *** and ***"
     assert_no_key([result.model_dump_json(), repr(result), logs.text], OTHER_KEY, SERVER_KEY)
+
+
+def test_a_key_cut_anywhere_leaves_nothing_and_pieces_are_masked_whole() -> None:
+    from moa._redact import StreamRedactor, clip
+
+    text = f"error: {CANARY_KEY} {CANARY_KEY}"
+    for limit in range(1, len(text) + 2):  # every cut, through both keys
+        assert CANARY_KEY[:2] not in clip(text, limit, [CANARY_KEY])
+    for size in range(1, len(CANARY_KEY) + 2):  # the answer in pieces of every size
+        redactor = StreamRedactor([CANARY_KEY])
+        answer = f"a {CANARY_KEY} b {CANARY_KEY[:6]}"  # a key, then only the start of one
+        shown = [redactor.feed(answer[i : i + size]) for i in range(0, len(answer), size)]
+        assert all(CANARY_KEY[:7] not in piece for piece in shown)
+        assert "".join(shown) + redactor.flush() == f"a *** b {CANARY_KEY[:6]}"

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from moa._redact import remember
+
 if TYPE_CHECKING:
     from moa.neurons.llm import LLMConfig, Route
 
@@ -53,6 +55,7 @@ def plan_fast_path(litellm: ModuleType, config: LLMConfig, route: Route) -> Fast
         key = os.environ.get("OPENAI_API_KEY")
     if not base or not key:
         return None
+    remember(key)
     try:
         params = litellm.get_optional_params(
             model=model,

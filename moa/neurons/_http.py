@@ -15,17 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from moa.errors import (
-    InvalidResponseError,
-    NeuronError,
-    ProviderError,
-    redact,
-)
+from moa.errors import InvalidResponseError, NeuronError
 from moa.neurons._upstream_errors import kind_of_status, neuron_error, retry_after_seconds
 
 if TYPE_CHECKING:
@@ -80,20 +76,27 @@ def _headers(api_key: SecretStr | None, **extra: str) -> dict[str, str]:
 def _error_for(
     status: int, headers: Mapping[str, str], body: bytes, api_key: SecretStr | None
 ) -> NeuronError:
-    message = body.decode("utf-8", "replace")[:2000]
+    text = body.decode("utf-8", "replace")
     try:
-        parsed = json.loads(body)
+        parsed = json.loads(text)
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            message = str(parsed["error"].get("message") or message)
+            text = str(parsed["error"].get("message") or text)
         elif isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-            message = parsed["error"]
+            text = parsed["error"]
     except ValueError:
         pass
-    message = redact(message, [api_key.get_secret_value() if api_key else None])
     # Retry-After is honoured for any retryable status, not only 429
     return neuron_error(
-        kind_of_status(status), message, status=status, retry_after=retry_after_seconds(headers)
+        kind_of_status(status),
+        text,  # whole: masked before it is cut
+        status=status,
+        retry_after=retry_after_seconds(headers),
+        secrets=[_secret(api_key)],
     )
+
+
+def _secret(api_key: SecretStr | None) -> str | None:
+    return api_key.get_secret_value() if api_key is not None else None
 
 
 def _transport_error(exc: BaseException, timeout: float | None) -> NeuronError:
@@ -128,19 +131,27 @@ async def post_json(
                     response.status, response.headers, await response.read(), api_key
                 )
             else:
-                return _decode(await response.read())
+                return _decode(await response.read(), api_key)
     except (aiohttp.ClientError, TimeoutError) as exc:
         failure = _transport_error(exc, timeout_s)
     raise failure  # outside the except block: no __context__ into aiohttp's frames
 
 
-def _decode(body: bytes) -> dict[str, Any]:
+def _decode(body: bytes, api_key: SecretStr | None) -> dict[str, Any]:
+    failure: NeuronError | None = None
     try:
         data = json.loads(body)
     except ValueError:
-        raise neuron_error("not_json", repr(body[:200])) from None
-    if not isinstance(data, dict):
-        raise InvalidResponseError("the provider answered with JSON that is not an object")
+        data = None
+        failure = neuron_error(
+            "not_json", body.decode("utf-8", "replace"), secrets=[_secret(api_key)]
+        )
+    else:
+        if not isinstance(data, dict):
+            failure = InvalidResponseError("the provider answered with JSON that is not an object")
+    if failure is not None:
+        raise failure  # outside the except block: no __context__ quoting the body
+    assert isinstance(data, dict)
     return data
 
 
@@ -153,11 +164,13 @@ async def stream_sse(
 ) -> AsyncIterator[dict[str, Any]]:
     """POST with `stream: true` and yield each decoded `data:` event until `[DONE]`.
 
-    `timeout_s` bounds the wait for the answer to start and for each following chunk.
+    `timeout_s` bounds the wait for the answer to start and for each following chunk. Lines
+    are decoded by `_events`: no frame that a failure passes through keeps raw upstream text.
     """
     import aiohttp
 
     session = await _session()
+    failure: NeuronError | None = None
     try:
         async with session.post(
             url,
@@ -168,29 +181,51 @@ async def stream_sse(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s),
         ) as response:
             if response.status >= 400:
-                raise _error_for(response.status, response.headers, await response.read(), api_key)
-            async for raw_line in response.content:
-                line = raw_line.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    return
-                try:
-                    event = json.loads(data)
-                except ValueError:
-                    raise InvalidResponseError(
-                        f"the provider streamed an event that is not JSON: {data[:200]!r}"
-                    ) from None
-                if isinstance(event, dict):
-                    if isinstance(event.get("error"), dict):
-                        raise ProviderError(
-                            redact(
-                                str(event["error"].get("message", event["error"])),
-                                [api_key.get_secret_value() if api_key else None],
-                            )
-                        )
-                    yield event
+                failure = _error_for(
+                    response.status, response.headers, await response.read(), api_key
+                )
+            else:
+                async with aclosing(_events(response.content, api_key)) as events:
+                    async for event in events:
+                        if event is None:  # [DONE]
+                            break
+                        if isinstance(event, NeuronError):
+                            failure = event
+                            break
+                        yield event
+                    else:
+                        failure = neuron_error("cut_stream", "")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise _transport_error(exc, timeout_s) from None
-    raise neuron_error("cut_stream", "")
+        failure = _transport_error(exc, timeout_s)
+    if failure is not None:
+        raise failure  # outside the except block: no __context__ into aiohttp's frames
+
+
+async def _events(
+    lines: AsyncIterable[bytes], api_key: SecretStr | None
+) -> AsyncGenerator[dict[str, Any] | NeuronError | None, None]:
+    """The decoded `data:` events of an SSE body, then None for `[DONE]`. An upstream failure
+    is yielded, not raised, so this frame (which holds the raw line) is never in an error's
+    traceback."""
+    async for raw in lines:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            yield None
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            yield neuron_error(
+                "bad_event", data.decode("utf-8", "replace"), secrets=[_secret(api_key)]
+            )
+            return
+        if isinstance(event, dict):
+            error = event.get("error")
+            if error is not None:
+                text = error.get("message", error) if isinstance(error, dict) else error
+                yield neuron_error("error", str(text), secrets=[_secret(api_key)])
+                return
+            yield event

@@ -9,8 +9,10 @@ from __future__ import annotations
 import email.utils
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from moa._redact import clip
 from moa.errors import (
     AuthenticationError,
     InvalidResponseError,
@@ -22,6 +24,7 @@ from moa.errors import (
 from moa.errors import TimeoutError as NeuronTimeout
 
 __all__ = [
+    "UPSTREAM_TEXT_LIMIT",
     "classify_exception",
     "kind_of_status",
     "neuron_error",
@@ -29,6 +32,10 @@ __all__ = [
     "retry_after_of",
     "retry_after_seconds",
 ]
+
+
+UPSTREAM_TEXT_LIMIT = 500
+"""Most characters of upstream text (an error message, a body that is not JSON) an error keeps."""
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -98,7 +105,8 @@ _PREFIX = re.compile(r"^(?:litellm\.)?(?:\w*(?:Error|Exception|Timeout)|Timeout 
 
 
 def reason(exc: BaseException) -> str:
-    """The provider's message without litellm's repeated class-name prefixes."""
+    """The provider's message without litellm's repeated class-name prefixes, whole: it may
+    hold a key, so it goes through `neuron_error()` (masked, then cut) before anyone sees it."""
     text = str(getattr(exc, "message", None) or exc).strip()
     for _ in range(6):
         stripped = _PREFIX.sub("", text, count=1)
@@ -109,7 +117,7 @@ def reason(exc: BaseException) -> str:
         chain = _causes(exc)
         root = chain[-1]
         text = f"{text} {type(root).__name__}: {root}".strip() if len(chain) > 1 else text
-    return text[:500]
+    return text
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -148,10 +156,21 @@ def kind_of_status(status: int) -> str:
 
 
 def neuron_error(
-    kind: str, message: str, *, status: int | None = None, retry_after: float | None = None
+    kind: str,
+    upstream: str,
+    *,
+    status: int | None = None,
+    retry_after: float | None = None,
+    secrets: Iterable[str | None] = (),
 ) -> NeuronError:
     """moa's error for a failure kind: the one mapping both call paths use, so a provider
-    failing the same way fails the same way whether litellm or moa made the call."""
+    failing the same way fails the same way whether litellm or moa made the call.
+
+    `upstream` is the provider's text, whole: it is masked (every known secret, and
+    `secrets`) and only then cut to `UPSTREAM_TEXT_LIMIT`, so a key across the cut leaves
+    nothing behind. This is where upstream error text becomes moa text.
+    """
+    message = clip(upstream, UPSTREAM_TEXT_LIMIT, secrets)
     if kind == "rate_limit":
         return RateLimitError(
             f"rate limited: {message}", status_code=status, retry_after=retry_after
@@ -163,7 +182,9 @@ def neuron_error(
     if kind == "connection":
         return ProviderConnectionError(f"connection failed: {message}")
     if kind == "not_json":
-        return InvalidResponseError(f"the response body is not valid JSON: {message}")
+        return InvalidResponseError(f"the response body is not valid JSON: {message!r}")
+    if kind == "bad_event":
+        return InvalidResponseError(f"the provider streamed an event that is not JSON: {message!r}")
     if kind == "cut_stream":
         return InvalidResponseError("the stream ended before it was complete (no [DONE])")
     return ProviderError(message, status_code=status, retry_after=retry_after)

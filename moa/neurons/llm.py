@@ -13,8 +13,7 @@ import ipaddress
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -22,13 +21,9 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, JsonValue, SecretStr
 
+from moa._redact import StreamRedactor, redact, remember
 from moa.config import NeuronConfig
-from moa.errors import (
-    InvalidResponseError,
-    MissingCredentialsError,
-    NeuronError,
-    redact,
-)
+from moa.errors import InvalidResponseError, MissingCredentialsError, NeuronError
 from moa.hookspecs import RegisterNeuron, hookimpl
 from moa.neurons import _http
 from moa.neurons._fastpath import FastPlan, field, plan_fast_path
@@ -131,6 +126,7 @@ def _key_from(
 ) -> SecretStr | None:
     value = settings.secret(variable) if variable else None
     if value:
+        remember(value)  # masked in any upstream text from now on, whichever call echoes it
         return SecretStr(value)
     if required and variable:
         raise MissingCredentialsError(
@@ -247,8 +243,9 @@ class LLMNeuron(Neuron):
             failure = self._mapped(exc)
         if failure is not None:
             # Raised outside the except block: the new error has no __context__, so the
-            # litellm exception (which holds the request, headers included) is not kept.
-            raise failure
+            # litellm exception (which holds the request, headers included) is not kept; and
+            # with no traceback below this frame, whose locals held the raw upstream text.
+            raise failure.with_traceback(None)
         return await self._parse(response, request)
 
     async def _chunks(self, request: NeuronRequest) -> AsyncIterator[Any]:
@@ -281,30 +278,44 @@ class LLMNeuron(Neuron):
 
     async def stream(self, request: NeuronRequest) -> AsyncIterator[str | Generation]:
         """Stream with `stream_options.include_usage` (the provider reports usage in its last
-        chunk); yield each text delta as it arrives, then the Generation."""
+        chunk); yield each text delta as it arrives (secrets masked, see `StreamRedactor`),
+        then the Generation.
+
+        Failures are mapped into moa's errors and raised from here with no traceback below
+        (whose frames held raw upstream text); no local keeps a raw chunk while waiting."""
+        redactor = StreamRedactor([self._secret()])
         pieces: list[str] = []
-        raw_usage: Any = None
-        model: str | None = None
-        finished = False
-        with self._map_errors():
-            async for chunk in self._chunks(request):
-                raw_usage = field(chunk, "usage") or raw_usage
-                model = model or field(chunk, "model")
-                choices = field(chunk, "choices")
-                if not choices:  # the include_usage chunk has choices=[]
-                    continue
-                finished = finished or bool(field(choices[0], "finish_reason"))
-                text = field(field(choices[0], "delta"), "content")
-                if isinstance(text, str) and text:
+        state: dict[str, Any] = {"usage": None, "model": None, "finished": False}
+        chunks = aiter(self._chunks(request))
+        try:
+            while True:
+                failure: NeuronError | None = None
+                try:
+                    text = _read_chunk(await anext(chunks), state, redactor)
+                except StopAsyncIteration:
+                    break
+                except NeuronError as exc:
+                    failure = self._stamped(exc)
+                except Exception as exc:
+                    failure = self._mapped(exc)
+                if failure is not None:
+                    raise failure.with_traceback(None)  # outside the except block: no context
+                if text:
                     pieces.append(text)
                     yield text
+        finally:
+            await _aclose(chunks)
+        rest = redactor.flush()
+        if rest:
+            pieces.append(rest)
+            yield rest
         text = "".join(pieces)
         if not text.strip():
             raise self._error(InvalidResponseError, "the provider streamed no content")
-        if not finished:
+        if not state["finished"]:
             raise self._error(InvalidResponseError, "the stream ended before it was complete")
-        usage = await self._usage(raw_usage, request, text)
-        yield Generation(text=text, usage=usage, cost=self.cost(usage), model=model)
+        usage = await self._usage(state["usage"], request, text)
+        yield Generation(text=text, usage=usage, cost=self.cost(usage), model=state["model"])
 
     async def _parse(self, response: Any, request: NeuronRequest) -> Generation:
         choices = field(response, "choices") or []
@@ -315,9 +326,14 @@ class LLMNeuron(Neuron):
             raise self._error(InvalidResponseError, "the provider returned null content")
         if not isinstance(text, str) or not text.strip():
             raise self._error(InvalidResponseError, "the provider returned empty content")
+        text = redact(text, [self._secret()])  # the answer is upstream text too
         usage = await self._usage(field(response, "usage"), request, text)
+        model = field(response, "model")
         return Generation(
-            text=text, usage=usage, cost=self.cost(usage), model=field(response, "model")
+            text=text,
+            usage=usage,
+            cost=self.cost(usage),
+            model=redact(model, [self._secret()]) if isinstance(model, str) else None,
         )
 
     async def _usage(self, raw: Any, request: NeuronRequest, text: str) -> Usage:
@@ -378,38 +394,55 @@ class LLMNeuron(Neuron):
     def _error(self, cls: type[NeuronError], message: str, **extra: Any) -> NeuronError:
         return cls(message, neuron=self.path, model=self.config.model, **extra)
 
-    @contextmanager
-    def _map_errors(self) -> Iterator[None]:
-        """Turn litellm/openai exceptions into the moa error tree, with the key redacted
-        (for code that cannot use `generate`'s raise-outside-except shape, e.g. streams)."""
-        try:
-            yield
-        except NeuronError as exc:
-            raise self._stamped(exc) from None
-        except Exception as exc:
-            raise self._mapped(exc) from None
-
     def _stamped(self, exc: NeuronError) -> NeuronError:
         """The fast path's errors come without the neuron's context: add it."""
         exc.model = exc.model or self.config.model
         exc.neuron = exc.neuron or self.path
         return exc
 
+    def _secret(self) -> str | None:
+        """This neuron's key, for masking (read inline by callers, never kept)."""
+        plan = self._plan
+        if isinstance(plan, FastPlan):
+            return plan.api_key.get_secret_value()
+        return self.route.api_key.get_secret_value() if self.route.api_key else None
+
     def _mapped(self, exc: Exception) -> NeuronError:
         """The moa error for a litellm exception, classified by its cause chain (litellm
         reports a refused connection and a non-JSON body as HTTP 500; they are not)."""
-        secret = self.route.api_key.get_secret_value() if self.route.api_key else None
         kind, status = classify_exception(exc)
         error = neuron_error(
             kind,
-            redact(reason(exc), [secret]),
+            reason(exc),  # whole: neuron_error masks, then cuts
             status=status if kind not in {"connection", "not_json", "cut_stream"} else None,
             retry_after=retry_after_of(exc),
+            secrets=[self._secret()],
         )
         return self._stamped(error)
 
     def __repr__(self) -> str:
         return f"<LLMNeuron {self.path} {self.route.model!r} at {self.route.api_base or 'litellm'}>"
+
+
+def _read_chunk(chunk: Any, state: dict[str, Any], redactor: StreamRedactor) -> str:
+    """Note what a stream chunk says (usage, model, finished) in `state`; return its text,
+    masked (a dict on the fast path, a litellm object otherwise)."""
+    state["usage"] = field(chunk, "usage") or state["usage"]
+    model = field(chunk, "model")
+    if state["model"] is None and isinstance(model, str):
+        state["model"] = redact(model)
+    choices = field(chunk, "choices")
+    if not choices:  # the include_usage chunk has choices=[]
+        return ""
+    state["finished"] = state["finished"] or bool(field(choices[0], "finish_reason"))
+    text = field(field(choices[0], "delta"), "content")
+    return redactor.feed(text) if isinstance(text, str) and text else ""
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
 
 
 class LiteLLMTokenizer:
