@@ -8,7 +8,6 @@ is never mutated and no per-request state is kept on the mixture or its neurons.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import random
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from moa._budget import Budget, context_window_problem
+from moa._runner import executor, run, to_thread
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
 from moa.errors import QueryError
@@ -209,7 +209,7 @@ class MixtureOfAgents:
         if not self._prepared:
             await asyncio.gather(*(n.prepare() for n in self._with_fallbacks()))
             if not self._context_checked:
-                await asyncio.to_thread(self._warn_about_context_window)
+                await to_thread(self._warn_about_context_window)
             self._prepared = True
 
     def check_context_window(self) -> str | None:
@@ -362,13 +362,15 @@ class MixtureOfAgents:
         )
 
     def process_sync(self, query: Query) -> MoAResult:
-        """`process()` for scripts and notebooks; works whether or not a loop is running."""
+        """`process()` for scripts and notebooks; works whether or not a loop is running.
+
+        Ctrl-C cancels the run and raises `KeyboardInterrupt` at once, even while a worker
+        thread is still importing litellm or loading a tokenizer (it is abandoned)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.process(query))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self.process(query)).result()
+            return run(self.process(query))
+        return executor().submit(run, self.process(query)).result()
 
     async def aclose(self) -> None:
         """Release every neuron's resources."""

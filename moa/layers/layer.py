@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from moa._budget import Budget, fit_references
+from moa._runner import to_thread
 from moa._template import render
 from moa.errors import AllNeuronsFailed, NeuronError
 from moa.layers._call import (
@@ -49,7 +50,7 @@ async def fit_to_budget(
     def fit() -> tuple[list[Reference], list[Truncation]]:
         return fit_references(references, budget, neuron.tokenizer(), layer=layer)
 
-    return await asyncio.to_thread(fit)
+    return await to_thread(fit)
 
 
 class Layer:

@@ -8,7 +8,6 @@ sends it to that endpoint instead, and `api_key_env` names the variable holding 
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import os
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, JsonValue, SecretStr
 
 from moa._redact import StreamRedactor, redact, remember
+from moa._runner import to_thread
 from moa.config import NeuronConfig
 from moa.errors import InvalidResponseError, MissingCredentialsError, NeuronError
 from moa.hookspecs import RegisterNeuron, hookimpl
@@ -167,7 +167,7 @@ def load_litellm() -> ModuleType:
 async def _aload_litellm() -> ModuleType:
     if _litellm is not None:
         return _litellm
-    return await asyncio.to_thread(load_litellm)
+    return await to_thread(load_litellm)
 
 
 class LLMNeuron(Neuron):
@@ -343,7 +343,7 @@ class LLMNeuron(Neuron):
         if isinstance(prompt, int) and isinstance(completion, int) and prompt + completion > 0:
             return Usage(prompt_tokens=prompt, completion_tokens=completion)
         # Off the event loop: a tokenizer may load (or, outside offline mode, download).
-        return await asyncio.to_thread(self.count_usage, request.messages, text)
+        return await to_thread(self.count_usage, request.messages, text)
 
     def count_usage(self, messages: Sequence[ChatMessage], completion: str) -> Usage:
         """Tokens of a call counted by litellm for this model (blocking)."""
