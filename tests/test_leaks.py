@@ -190,7 +190,7 @@ def test_the_server_quotes_no_key(
     an untrusted API client sees them."""
     from starlette.testclient import TestClient
 
-    from moa.server import create_app
+    from moa.adapters.server import create_app
 
     echo_bad_and_aggregator(fake, SHAPES[shape])
     app = create_app({"mix": build(CONFIG)}, api_key=SERVER_KEY)
@@ -215,7 +215,7 @@ async def test_every_configured_secret_is_masked_not_only_the_callers(
 ) -> None:
     """A proxy in front of several accounts echoes keys the failing neuron never sent: another
     neuron's `api_key_env` key and the server's key are masked as well as its own."""
-    from moa.server import create_app
+    from moa.adapters.server import create_app
 
     monkeypatch.setenv("TEAM_KEY", OTHER_KEY)
     monkeypatch.setenv("MOA_SERVER_API_KEY", SERVER_KEY)

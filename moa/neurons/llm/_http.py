@@ -1,10 +1,12 @@
-"""The fast path's HTTP client: one pooled aiohttp session per event loop, shared by all neurons.
+"""The direct transport's HTTP client: one pooled aiohttp session per event loop, shared by
+all neurons.
 
 litellm stays in charge of *where* a call goes (provider, URL, key); for OpenAI-compatible
 endpoints this module makes the call itself, skipping litellm's per-call bookkeeping (cost
 calculation, success logging in a thread pool, repeated model-info lookups), which cost ~5x
 the CPU of the HTTP request. Failures are raised as moa's error classes with the upstream
-status code; the caller adds the neuron's context.
+status code (through the one failure-kind table, every upstream text through
+`upstream_text`); the caller adds the neuron's context.
 
 Sessions close themselves when their event loop shuts down (`asyncio.run()` finalises async
 generators, and each session is guarded by one), so scripts need no explicit cleanup.
@@ -21,8 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from moa.errors import InvalidResponseError, NeuronError
-from moa.neurons._upstream_errors import kind_of_status, neuron_error, retry_after_seconds
+from moa.errors import InvalidResponseError, NeuronError, ProviderError
+from moa.neurons.llm._upstream_errors import (
+    FailureKind,
+    kind_of_status,
+    neuron_error,
+    retry_after_seconds,
+    upstream_text,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -76,33 +84,32 @@ def _headers(api_key: SecretStr | None, **extra: str) -> dict[str, str]:
 def _error_for(
     status: int, headers: Mapping[str, str], body: bytes, api_key: SecretStr | None
 ) -> NeuronError:
-    text = body.decode("utf-8", "replace")
+    message: str | bytes = body
     try:
-        parsed = json.loads(text)
+        parsed = json.loads(body)
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            text = str(parsed["error"].get("message") or text)
+            message = str(parsed["error"].get("message") or body.decode("utf-8", "replace"))
         elif isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-            text = parsed["error"]
+            message = parsed["error"]
     except ValueError:
         pass
     # Retry-After is honoured for any retryable status, not only 429
     return neuron_error(
         kind_of_status(status),
-        text,  # whole: masked before it is cut
+        upstream_text(message, _secrets(api_key), limit=2000),
         status=status,
         retry_after=retry_after_seconds(headers),
-        secrets=[_secret(api_key)],
     )
 
 
-def _secret(api_key: SecretStr | None) -> str | None:
-    return api_key.get_secret_value() if api_key is not None else None
+def _secrets(api_key: SecretStr | None) -> list[str | None]:
+    return [api_key.get_secret_value() if api_key else None]
 
 
 def _transport_error(exc: BaseException, timeout: float | None) -> NeuronError:
     if isinstance(exc, TimeoutError):
-        return neuron_error("timeout", f"no answer within {timeout or 0:g} s")
-    return neuron_error("connection", f"{type(exc).__name__}: {exc}")
+        return neuron_error(FailureKind.TIMEOUT, f"no answer within {timeout or 0:g} s")
+    return neuron_error(FailureKind.CONNECTION, upstream_text(f"{type(exc).__name__}: {exc}", []))
 
 
 async def post_json(
@@ -144,13 +151,13 @@ def _decode(body: bytes, api_key: SecretStr | None) -> dict[str, Any]:
     except ValueError:
         data = None
         failure = neuron_error(
-            "not_json", body.decode("utf-8", "replace"), secrets=[_secret(api_key)]
+            FailureKind.NOT_JSON, repr(upstream_text(body, _secrets(api_key), limit=200))
         )
     else:
         if not isinstance(data, dict):
             failure = InvalidResponseError("the provider answered with JSON that is not an object")
     if failure is not None:
-        raise failure  # outside the except block: no __context__ quoting the body
+        raise failure  # outside the except block: no __context__ holding the body
     assert isinstance(data, dict)
     return data
 
@@ -165,7 +172,7 @@ async def stream_sse(
     """POST with `stream: true` and yield each decoded `data:` event until `[DONE]`.
 
     `timeout_s` bounds the wait for the answer to start and for each following chunk. Lines
-    are decoded by `_events`: no frame that a failure passes through keeps raw upstream text.
+    are decoded by `_events`: no frame a failure passes through keeps raw upstream text.
     """
     import aiohttp
 
@@ -194,7 +201,7 @@ async def stream_sse(
                             break
                         yield event
                     else:
-                        failure = neuron_error("cut_stream", "")
+                        failure = neuron_error(FailureKind.CUT_STREAM, "")
     except (aiohttp.ClientError, TimeoutError) as exc:
         failure = _transport_error(exc, timeout_s)
     if failure is not None:
@@ -218,14 +225,15 @@ async def _events(
         try:
             event = json.loads(data)
         except ValueError:
-            yield neuron_error(
-                "bad_event", data.decode("utf-8", "replace"), secrets=[_secret(api_key)]
+            shown = upstream_text(data, _secrets(api_key), limit=200)
+            yield InvalidResponseError(
+                f"the provider streamed an event that is not JSON: {shown!r}"
             )
             return
         if isinstance(event, dict):
             error = event.get("error")
-            if error is not None:
-                text = error.get("message", error) if isinstance(error, dict) else error
-                yield neuron_error("error", str(text), secrets=[_secret(api_key)])
+            if isinstance(error, dict):
+                text = str(error.get("message", error))
+                yield ProviderError(upstream_text(text, _secrets(api_key), limit=2000))
                 return
             yield event
