@@ -36,7 +36,7 @@ from moa.events import (
 from moa.layers._budget import Budget, context_window_problem
 from moa.layers.aggregation import LAYER_NAME, AggregationLayer
 from moa.layers.layer import Layer, references_from
-from moa.neurons.base import ChatMessage, Neuron, Reference
+from moa.neurons.base import ChatMessage, Neuron, Reference, stream_limits_of
 from moa.plugins import get_neuron_class
 from moa.result import LayerResult, MoAResult, NeuronResult, Usage, total_cost
 from moa.retry import RetryPolicy
@@ -108,6 +108,7 @@ def _build_neuron(
     paths; default: the neuron's own `fallbacks` key)."""
     neuron = get_neuron_class(config.type)(config, settings=settings, path=path)
     neuron.timeout = config.timeout or top.timeout or settings.request_timeout
+    neuron.stream_limits = stream_limits_of(config, top)
     retry = top.retry
     retries = config.max_retries if config.max_retries is not None else retry.max_retries
     neuron.retry_policy = RetryPolicy(

@@ -186,6 +186,7 @@ class StreamedCall:
                     candidate.retry_policy,
                     candidate.timeout,
                     on_error=partial(_stamp, neuron=candidate, layer=self.layer, index=self.index),
+                    stream_limits=candidate.stream_limits,
                 )
                 ask = self.request(candidate) if callable(self.request) else self.request
                 try:

@@ -18,7 +18,7 @@ from typing import ClassVar, Protocol
 
 from moa.config._models import NeuronConfig
 from moa.result import Usage
-from moa.retry import RetryPolicy
+from moa.retry import RetryPolicy, StreamLimits
 from moa.settings import Settings
 
 __all__ = [
@@ -116,6 +116,16 @@ class TokenLimits:
     max_output_tokens: int | None = None
 
 
+def stream_limits_of(config: NeuronConfig, *defaults: object) -> StreamLimits:
+    """The stream limits of `config`: its own keys, else the first of `defaults` (configs,
+    e.g. the top level) that sets them, else `StreamLimits()`'s."""
+    limits = StreamLimits()
+    sources = (config, *defaults)
+    idle = next((v for s in sources if (v := getattr(s, "stream_idle_timeout", None))), None)
+    total = next((v for s in sources if (v := getattr(s, "stream_timeout", None))), None)
+    return StreamLimits(idle=idle or limits.idle, total=total or limits.total)
+
+
 class Neuron(ABC):
     """Base class of every neuron type.
 
@@ -124,10 +134,11 @@ class Neuron(ABC):
     call) and `aclose` are optional hooks.
 
     How a neuron is *called* is the caller's business, the same for every type: each
-    attempt is bounded by `timeout` seconds, retryable failures are retried under
-    `retry_policy`, and when the neuron fails for good its `fallbacks` are tried in order.
-    A neuron makes one attempt per `generate` call and never retries by itself. The mixture
-    sets these three from the config; the defaults come from `settings`.
+    attempt is bounded by `timeout` seconds (a started stream also by `stream_limits`),
+    retryable failures are retried under `retry_policy`, and when the neuron fails for good
+    its `fallbacks` are tried in order. A neuron makes one attempt per `generate` call and
+    never retries by itself. The mixture sets these from the config; the defaults come from
+    `settings`.
     """
 
     Config: ClassVar[type[NeuronConfig]] = NeuronConfig
@@ -147,6 +158,7 @@ class Neuron(ABC):
         self.retry_policy = RetryPolicy(
             max_retries=retries if retries is not None else self.settings.max_retries
         )
+        self.stream_limits = stream_limits_of(config)
         self.fallbacks: tuple[Neuron, ...] = ()
 
     @property
