@@ -19,7 +19,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from pathlib import Path
 from typing import Any
 
-from moa._budget import Budget, context_window_problem
 from moa._unicode import lone_surrogate
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
@@ -35,6 +34,7 @@ from moa.events import (
     StreamFailed,
     Token,
 )
+from moa.layers._budget import Budget, context_window_problem
 from moa.layers.aggregation import LAYER_NAME, AggregationLayer
 from moa.layers.layer import Layer, references_from
 from moa.neurons.base import ChatMessage, Neuron, Reference

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 
 from moa import MixtureOfAgents, Settings
+from moa.adapters.server import create_app
 from moa.cli import cli
-from moa.server import create_app
 from moa.testing import FakeProvider, RecordedRequest, Reply
 from tests.conftest import CANARY_KEY, ROOT
 from tests.test_server import ServerThread

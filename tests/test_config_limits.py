@@ -183,7 +183,7 @@ def test_a_mapping_source_is_bounded_too() -> None:
 
 
 def test_readme_security_section_states_the_config_limits() -> None:
-    from moa import _safe_yaml
+    from moa.config import _yaml as _safe_yaml
     from tests.conftest import ROOT
 
     section = (ROOT / "README.md").read_text().split("\n## Security\n", 1)[1].split("\n## ")[0]

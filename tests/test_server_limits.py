@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 
 from moa import MixtureOfAgents, Settings
+from moa.adapters.server import ServerLimits, create_app, uvicorn_options
 from moa.cli import cli
-from moa.server import ServerLimits, create_app, uvicorn_options
 from moa.testing import FakeProvider, Reply
 from tests.conftest import CANARY_KEY
 
@@ -205,7 +205,7 @@ def test_failures_give_a_stable_message_and_log_the_details(
 ) -> None:
     upstream_text = "db at 10.0.0.7:5432 refused; trace id 1234"
     fake.set_default(Reply(status=500, error_message=upstream_text))
-    with caplog.at_level(logging.WARNING, logger="moa.server"):
+    with caplog.at_level(logging.WARNING, logger="moa.adapters.server"):
         plain = post(server, {"model": "solo", "messages": USER})
         streamed = post(server, {"model": "solo", "messages": USER, "stream": True})
     for response in (plain, streamed):
@@ -230,7 +230,7 @@ def test_connection_and_timeout_failures_name_no_host(
     with (
         LimitedServer(refused, LIMITS) as one,
         LimitedServer(slow, LIMITS) as two,
-        caplog.at_level(logging.WARNING, logger="moa.server"),
+        caplog.at_level(logging.WARNING, logger="moa.adapters.server"),
     ):
         gone = assert_json_error(post(one, {"model": "solo", "messages": USER}), 502)
         late = assert_json_error(post(two, {"model": "solo", "messages": USER}), 504)

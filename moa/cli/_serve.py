@@ -86,7 +86,7 @@ def serve(
     try:
         import uvicorn
 
-        from moa.server import ServerLimits, create_app, uvicorn_options
+        from moa.adapters.server import ServerLimits, create_app, uvicorn_options
     except ImportError as exc:
         fail(f"moa serve needs the server extra ({exc.name} is missing): "
               "pip install 'moa-llm[server]'", 2)  # fmt: skip

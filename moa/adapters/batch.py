@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from moa._unicode import json_bytes, lone_surrogate
-from moa._wire import describe_error
+from moa.adapters._wire import describe_error
 from moa.errors import MoAError
 from moa.mixture import MixtureOfAgents
 
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 ItemId = str | int
-logger = logging.getLogger("moa.batch")
+logger = logging.getLogger("moa.adapters.batch")
 
 
 class BatchInputError(MoAError, ValueError):

@@ -36,16 +36,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from moa._server_limits import (
+from moa._unicode import json_bytes, lone_surrogate
+from moa.adapters._server_limits import (
     RequestRefused,
     ServerLimits,
     read_json_body,
     refuse_unsupported,
     uvicorn_options,
 )
-from moa._streaming import events
-from moa._unicode import json_bytes, lone_surrogate
-from moa._wire import describe_error, public_message, wire_error
+from moa.adapters._streaming import events
+from moa.adapters._wire import describe_error, public_message, wire_error
 from moa.errors import MoAError
 from moa.events import Completed, MoAEvent, Token
 from moa.mixture import MixtureOfAgents
@@ -53,7 +53,7 @@ from moa.result import MoAResult
 
 __all__ = ["APIError", "ServerLimits", "create_app", "uvicorn_options"]
 
-logger = logging.getLogger("moa.server")
+logger = logging.getLogger("moa.adapters.server")
 T = TypeVar("T")
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 

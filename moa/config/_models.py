@@ -1,15 +1,13 @@
-"""The configuration tree (pydantic v2, frozen, unknown keys rejected) and how it is loaded.
+"""The configuration tree: pydantic v2 models, frozen, unknown keys rejected.
 
-`load_config()` accepts a YAML file path, YAML text or a mapping, validates the whole tree
-before anything is built, and raises `ConfigError` naming the file, the key path
-(`proposal_layers[1].neurons[0].temperature`) and what is allowed.
+Pure data: nothing here asks the plugin registry. Which `NeuronConfig` subclass a neuron
+mapping is validated against is decided by the resolver `moa.config._dispatch` installs
+(see `NeuronConfig.resolve_type`); loading files and explaining errors live beside this module.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from pydantic import (
@@ -26,8 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from moa._template import placeholders_in
-from moa.errors import ConfigError, PluginError
+from moa.layers._template import placeholders_in
 
 __all__ = [
     "AGGREGATION_PLACEHOLDERS",
@@ -39,8 +36,9 @@ __all__ = [
     "NeuronConfig",
     "ProposalLayerConfig",
     "RetryConfig",
-    "json_schema",
-    "load_config",
+    "TypeResolver",
+    "key_path",
+    "set_type_resolver",
 ]
 
 AGGREGATION_PLACEHOLDERS = ("user_query", "responses", "response_weights")
@@ -80,11 +78,26 @@ _MAX_CONTEXT_TOKENS = (
 )
 
 
+TypeResolver = Callable[[str], "type[NeuronConfig]"]
+"""Maps a neuron `type` name to its config class (raising `ValueError` for an unknown one)."""
+
+_type_resolver: TypeResolver | None = None
+
+
+def set_type_resolver(resolver: TypeResolver | None) -> None:
+    """Install how a mapping validated as `NeuronConfig` itself finds its subclass by `type`.
+
+    `moa.config._dispatch` installs the plugin registry's lookup when `moa.config` is
+    imported, so that this module stays free of the registry."""
+    global _type_resolver
+    _type_resolver = resolver
+
+
 class NeuronConfig(BaseModel):
     """Options every neuron type shares. Each type's `Neuron.Config` subclasses this.
 
-    Validating a mapping against `NeuronConfig` itself picks the subclass registered for its
-    `type` (default `llm`) through the plugin registry.
+    Validating a mapping against `NeuronConfig` itself picks the subclass for its `type`
+    (default `llm`) with the resolver installed by `set_type_resolver` (the plugin registry's).
     """
 
     model_config = _STRICT
@@ -125,17 +138,12 @@ class NeuronConfig(BaseModel):
     def _dispatch_on_type(
         cls, data: Any, handler: ModelWrapValidatorHandler[NeuronConfig]
     ) -> NeuronConfig:
-        if cls is NeuronConfig and isinstance(data, Mapping):
+        resolve = _type_resolver
+        if cls is NeuronConfig and isinstance(data, Mapping) and resolve is not None:
             type_name = data.get("type", "llm")
             if not isinstance(type_name, str):
                 raise ValueError(f"'type' must be a string, got {type(type_name).__name__}")
-            from moa.plugins import get_neuron_class
-
-            try:
-                neuron_cls = get_neuron_class(type_name)
-            except PluginError as exc:
-                raise ValueError(str(exc)) from None
-            return neuron_cls.Config.model_validate(data)
+            return resolve(type_name).model_validate(data)
         return handler(data)
 
     @model_validator(mode="after")
@@ -346,66 +354,8 @@ class MoAConfig(BaseModel):
         return self
 
 
-Source = str | Path | Mapping[str, Any]
-_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
-
-
-def load_config(source: Source, *, is_file_path: bool | None = None) -> MoAConfig:
-    """Load and validate a config from a file path, YAML text or a mapping.
-
-    `is_file_path=None` treats a `Path` as a file and a `str` as a file when it names an
-    existing file and does not look like YAML.
-    """
-    if isinstance(source, MoAConfig):
-        return source
-    if isinstance(source, Mapping):
-        from moa._safe_yaml import check_bounds
-
-        check_bounds(source, "<dict>")
-        return _validate(dict(source), "<dict>")
-    if is_file_path is None:
-        is_file_path = isinstance(source, Path) or (
-            "\n" not in source and ":" not in source.replace("\\", "/").split("/")[-1]
-        )
-    if is_file_path:
-        return _validate(_parse_yaml(_read(Path(source)), str(source)), str(source))
-    return _validate(_parse_yaml(str(source), "<string>"), "<string>")
-
-
-def _read(path: Path) -> str:
-    """The text of a config file, read no further than the size bound (a FIFO or a device
-    such as /dev/zero never ends)."""
-    from moa._safe_yaml import MAX_CONFIG_BYTES, decode
-
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}", source=str(path)) from None
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"cannot read config file {path}: {reason}", source=str(path)) from None
-    return decode(data, str(path))
-
-
-def _parse_yaml(text: str, source: str) -> dict[str, Any]:
-    from moa._safe_yaml import parse_yaml  # lazily: `import moa` stays light (no yaml)
-
-    data = parse_yaml(text, source)
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{source}: the config must be a mapping with proposal_layers and aggregation_layer, "
-            f"got {type(data).__name__}",
-            source=source,
-            values=[("", type(data).__name__)],
-        )
-    return data
-
-
 def _first_error(exc: ValueError) -> str:
     """A short reason from a ValueError or pydantic ValidationError."""
-    from moa._config_errors import key_path
-
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
         where = key_path(first["loc"])
@@ -416,53 +366,14 @@ def _first_error(exc: ValueError) -> str:
     return str(exc)
 
 
-def _validate(data: dict[str, Any], source: str) -> MoAConfig:
-    try:
-        return MoAConfig.model_validate(data)
-    except ValidationError as exc:
-        from moa._config_errors import explain, key_path
-
-        found = exc.errors()
-        errors = [(key_path(e["loc"]), explain(e, data)) for e in found]
-        values = [(_shown_path(e), _type_of(e)) for e in found]
-        lines = "\n".join(f"  {path or '<root>'}: {message}" for path, message in errors)
-        count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
-        raise ConfigError(
-            f"invalid moa config in {source} ({count}):\n{lines}",
-            source=source,
-            errors=errors,
-            values=values,
-        ) from None
-
-
-def _shown_path(error: Any) -> str:
-    """The key path of an error with every key that is not a plain name (file content, such
-    as a line of a password file read as a key) and every unknown key left out."""
-    from moa._config_errors import key_path
-
-    loc = list(error["loc"])
-    last = ["<unknown key>"] if error["type"] == "extra_forbidden" else []
-    if last:
-        loc = loc[:-1]
-    safe = [p if isinstance(p, int) or _PLAIN_KEY.fullmatch(p) else "<key>" for p in loc]
-    return ".".join(filter(None, [key_path(tuple(safe)), *last])) if last else key_path(tuple(safe))
-
-
-def _type_of(error: Any) -> str:
-    if error["type"] == "missing":
-        return "missing"
-    value = error.get("input")
-    return "null" if value is None else type(value).__name__
-
-
-def json_schema() -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of a config file, with every installed neuron type.
-
-    Wherever a neuron goes (annotator, each layer's neurons, the aggregator) the schema is a
-    union discriminated by `type` over the installed types' `Config` models; `type` may be
-    left out only for the default `llm`. The aggregator's schema puts the neuron keys beside
-    `aggregation_prompt`, `shuffle` and `dropout_rate`, as they are written in YAML.
-    """
-    from moa._schema import config_json_schema
-
-    return config_json_schema()
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as written in YAML: `proposal_layers[1].neurons[0].model`."""
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if part == "neuron" and i > 0 and loc[i - 1] == "aggregation_layer":
+            continue  # the aggregator's neuron keys sit beside its own keys in YAML
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(f".{part}" if parts else str(part))
+    return "".join(parts)
