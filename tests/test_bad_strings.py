@@ -77,6 +77,19 @@ def test_a_lone_surrogate_in_one_query_fails_that_line_only(
     assert len(strict_lines(Path("out.jsonl"))) == 4
 
 
+def test_a_line_that_is_not_utf8_fails_that_line_only(
+    fake: FakeProvider, env: dict[str, str]
+) -> None:
+    fake.respond_with("meta-llama/A", echo)
+    Path("in.jsonl").write_bytes(b'"first"\n"caf\xe9 in latin-1"\n"third"\n')
+    args = ["batch", "in.jsonl", "-o", "out.jsonl", "-c", "moa.yaml", "--no-fsync"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, (result.output, result.exception)
+    records = {r["id"]: r for r in strict_lines(Path("out.jsonl"))}
+    assert records[1]["content"] and records[3]["content"]
+    assert records[2]["error"] == "line 2 is not UTF-8 text"
+
+
 def test_a_lone_surrogate_from_upstream_is_valid_utf8_in_batch_output(
     fake: FakeProvider, env: dict[str, str]
 ) -> None:

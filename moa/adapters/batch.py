@@ -89,15 +89,20 @@ def _key(item_id: ItemId) -> str:
 def read_items(path: Path) -> list[BatchItem]:
     """Read the input file. Raises `BatchInputError` if it cannot be read or an id repeats."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise BatchInputError(f"cannot read {path}: {exc.strerror or exc}") from None
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        item = _parse_line(line, number)
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:  # that line fails; the others run
+            item = BatchItem(number, None, f"line {number} is not UTF-8 text")
+        else:
+            if not line.strip():
+                continue
+            item = _parse_line(line, number)
         key = _key(item.id)
         if key in seen:
             raise BatchInputError(
