@@ -69,7 +69,9 @@ def main() -> None:
         env = {**os.environ, "BASE_URL": base_url, "PROVIDER_API_KEY": "sk-bench-not-a-real-key"}
         command = [sys.executable, "-m", "moa", "serve", "-c", "solo.yaml", "--port", str(port),
                    "--header-timeout", str(args.header_timeout)]  # fmt: skip
-        server = subprocess.Popen(command, cwd=workdir, env=env, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             deadline = time.monotonic() + 120
             while True:
