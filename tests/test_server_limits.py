@@ -5,6 +5,7 @@ sockets, httpx, openai) against uvicorn on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -249,8 +250,9 @@ def test_slow_clients_are_cut_off_and_others_still_served(
     try:
         for _ in range(400):
             conn = socket.create_connection(("127.0.0.1", server.port))
-            conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
             slow.append(conn)
+            with contextlib.suppress(OSError):  # on a slow machine it may be closed already
+                conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
         fake.script("solo/AGG", "served")
         ok = post(server, {"model": "solo", "messages": USER})
         assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "served"
@@ -260,7 +262,7 @@ def test_slow_clients_are_cut_off_and_others_still_served(
             try:
                 while conn.recv(4096):  # b"" once the server closed it
                     pass
-            except ConnectionResetError:
+            except (ConnectionResetError, BrokenPipeError):
                 pass
     finally:
         for conn in slow:
