@@ -94,7 +94,7 @@ def echo_bad_and_aggregator(fake: FakeProvider, shape: Reply) -> None:
 
 def neuron(fake: FakeProvider) -> LLMNeuron:
     settings = Settings(provider_api_key=SecretStr(CANARY_KEY), base_url=fake.base_url)
-    return LLMNeuron(LLMConfig(model="m/BAD"), settings=settings, path="p")
+    return LLMNeuron.create(LLMConfig(model="m/BAD"), settings=settings, path="p")
 
 
 REQUEST = NeuronRequest(messages=({"role": "user", "content": "hi"},))

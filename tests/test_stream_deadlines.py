@@ -89,11 +89,11 @@ async def test_a_slow_but_steady_stream_is_not_cut(fake: FakeProvider, build: An
 
 def test_stream_limits_are_config_keys_with_defaults(build: Any) -> None:
     mixture = build({**config(stream_timeout=90), "stream_idle_timeout": 15, "stream_timeout": 300})
-    (proposer,) = mixture.layers[0].neurons
+    (proposer,) = mixture.layers[0].plans
     assert (proposer.stream_limits.idle, proposer.stream_limits.total) == (15, 300)
-    agg = mixture.aggregation.neuron
+    agg = mixture.aggregation.plan
     assert (agg.stream_limits.idle, agg.stream_limits.total) == (15, 90)
-    defaults = build(config()).aggregation.neuron.stream_limits
+    defaults = build(config()).aggregation.plan.stream_limits
     assert (defaults.idle, defaults.total) == (60, 600)
     for bad in (0, -1, float("inf")):
         with pytest.raises(ConfigError, match="stream_idle_timeout"):
