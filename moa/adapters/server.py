@@ -31,8 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from moa.adapters._streaming import events
-from moa.adapters._wire import wire_error
+from moa.adapters._wire import openai_usage, wire_error
 from moa.errors import MoAError
 from moa.events import Completed, MoAEvent, Token
 from moa.mixture import MixtureOfAgents
@@ -133,14 +132,6 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-def _usage(result: MoAResult) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.usage.prompt_tokens,
-        "completion_tokens": result.usage.completion_tokens,
-        "total_tokens": result.usage.total_tokens,
-    }
-
-
 def create_app(
     mixtures: Mapping[str, MixtureOfAgents], *, api_key: str | None = None, prepare: bool = True
 ) -> Starlette:
@@ -206,7 +197,7 @@ def create_app(
             "model": name,
             "system_fingerprint": None,
         }
-        upstream = events(served[name], messages)
+        upstream = served[name].stream(messages)
         if not stream:
             result = await _until_disconnect(request, _result(upstream))
             return JSONResponse(
@@ -228,7 +219,7 @@ def create_app(
                             "finish_reason": "stop",
                         }
                     ],
-                    "usage": _usage(result),
+                    "usage": openai_usage(result),
                 }
             )
         # Wait for the first piece of the answer before sending headers, so that a run that
@@ -346,5 +337,5 @@ async def _sse(
             await upstream.aclose()
     yield _chunk(header, _delta({}, "stop"), **usage)
     if include_usage:
-        yield _chunk(header, [], usage=_usage(result))
+        yield _chunk(header, [], usage=openai_usage(result))
     yield b"data: [DONE]\n\n"
