@@ -9,32 +9,34 @@ import asyncio
 import sys
 from pathlib import Path
 
-from moa import MoAError, create_moa_from_config
+from moa import AggregationFailed, AllNeuronsFailed, MoAError, create_moa_from_config
 
 HERE = Path(__file__).parent
 
 
 async def stream_moa(question: str, config: str) -> None:
     moa = create_moa_from_config(config, is_file_path=True)
-    async for event in moa.stream(question):
-        if event.kind == "neuron_finished":
-            neuron = event.neuron
-            outcome = f"failed: {neuron.error_type}" if neuron.error else "answered"
-            print(f"  {neuron.model} {outcome} in {neuron.seconds:.2f}s", file=sys.stderr)
-        elif event.kind == "layer_started":
-            print(f"{event.layer}...", file=sys.stderr)
-        elif event.kind == "token":
-            print(event.text, end="", flush=True)
-        elif event.kind == "completed":
-            result = event.result
-            cost = f"${result.cost:.6f}" if result.cost is not None else "unknown"
-            print(
-                f"\n\nTokens: {result.usage.prompt_tokens} in, "
-                f"{result.usage.completion_tokens} out; cost: {cost}; "
-                f"{result.total_completion_time:.2f} s",
-            )
-        elif event.kind == "error":  # stream() raises the error right after this event
-            print(f"\n({len(event.layers)} layers ran before the failure)", file=sys.stderr)
+    try:
+        async for event in moa.stream(question):
+            if event.kind == "neuron_finished":
+                neuron = event.neuron
+                outcome = f"failed: {neuron.error_type}" if neuron.error else "answered"
+                print(f"  {neuron.model} {outcome} in {neuron.seconds:.2f}s", file=sys.stderr)
+            elif event.kind == "layer_started":
+                print(f"{event.layer}...", file=sys.stderr)
+            elif event.kind == "token":
+                print(event.text, end="", flush=True)
+            elif event.kind == "completed":
+                result = event.result
+                cost = f"${result.cost:.6f}" if result.cost is not None else "unknown"
+                print(
+                    f"\n\nTokens: {result.usage.prompt_tokens} in, "
+                    f"{result.usage.completion_tokens} out; cost: {cost}; "
+                    f"{result.total_completion_time:.2f} s",
+                )
+    except (AllNeuronsFailed, AggregationFailed) as exc:  # stream() raises a failure
+        print(f"\n({len(exc.layers)} layers ran before the failure)", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

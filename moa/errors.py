@@ -203,7 +203,7 @@ class TimeoutError(NeuronError, builtins.TimeoutError):  # noqa: A001 - document
 class AllNeuronsFailed(MoAError, ExceptionGroup[Exception]):
     """Every neuron of a layer failed. `exceptions` holds each neuron's `NeuronError`.
 
-    `layers` holds the layers that completed before this one (what was paid for is not lost).
+    `layers` holds every layer that ran, this one last (what was paid for is not lost).
     """
 
     layer: str
@@ -245,7 +245,8 @@ class AllNeuronsFailed(MoAError, ExceptionGroup[Exception]):
 class AggregationFailed(MoAError):
     """The aggregator (and every fallback it had) failed. `cause` is the last failure,
     `proposals` holds the last proposal layer's surviving answers and `layers` every completed
-    layer, so nothing that was paid for is lost."""
+    layer, so nothing that was paid for is lost; `partial_text` is what a streamed aggregator
+    had sent before it failed (a partly delivered answer is never restarted)."""
 
     def __init__(
         self,
@@ -253,9 +254,11 @@ class AggregationFailed(MoAError):
         *,
         cause: NeuronError | None = None,
         layers: Sequence[LayerResult] = (),
+        partial_text: str = "",
     ) -> None:
         self.cause = cause
         self.layers = tuple(layers)
+        self.partial_text = partial_text
         super().__init__(message)
 
     @property
@@ -266,7 +269,8 @@ class AggregationFailed(MoAError):
         return [n.text for n in self.layers[-1].neurons if n.text is not None]
 
     def __reduce__(self) -> Any:
-        return (_rebuild, (type(self), (str(self),), {"cause": self.cause, "layers": self.layers}))
+        state = {"cause": self.cause, "layers": self.layers, "partial_text": self.partial_text}
+        return (_rebuild, (type(self), (str(self),), state))
 
 
 def _rebuild(cls: type[Exception], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Exception:

@@ -11,9 +11,10 @@ Token...                               the aggregator's text as it arrives upstr
 Completed                              the full MoAResult, the same as process() returns
 ```
 
-or, if the run fails, `StreamFailed` (`kind="error"`) instead of the rest, carrying every
-layer that completed so the proposals already paid for are not lost. `stream()` then raises
-the same exception `process()` would have raised, so an `async for` cannot miss the failure.
+or, if the run fails, `stream()` raises the same exception `process()` would have raised
+instead of the rest, so an `async for` cannot miss the failure; it carries every layer that
+ran (`layers`), so the proposals already paid for are not lost, and for a failed aggregator
+the text streamed so far (`AggregationFailed.partial_text`).
 
 Every event is a pydantic model: `event.model_dump_json()` is a ready-made SSE payload, and
 `MoAEventAdapter.validate_json(text)` parses one back.
@@ -109,10 +110,12 @@ class Completed(BaseModel):
 
 
 class StreamFailed(BaseModel):
-    """The run failed. `error` is the message, `error_type` the exception's class name
-    (`AllNeuronsFailed`, `AggregationFailed`...), `layers` every layer that ran (the failed
-    layer too, for `AllNeuronsFailed`), and `partial_text` what the aggregator had streamed
-    before it failed."""
+    """Deprecated: `MixtureOfAgents.stream()` no longer yields this event; a failed run raises
+    its exception, which carries the same data (`layers`, and `partial_text` on
+    `AggregationFailed`). Kept so that event logs written by earlier versions still parse.
+
+    `error` is the message, `error_type` the exception's class name, `layers` every layer
+    that ran, and `partial_text` what the aggregator had streamed before it failed."""
 
     model_config = _FROZEN
 

@@ -11,18 +11,18 @@ import asyncio
 import contextlib
 import logging
 import random
-import sys
 import time
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moa._runner import executor, run, to_thread
+from moa._runner import to_thread
+from moa._sync import run_sync
 from moa._unicode import lone_surrogate
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
-from moa.errors import QueryError
+from moa.errors import AggregationFailed, AllNeuronsFailed, QueryError
 from moa.events import (
     AggregationStarted,
     AnnotatorFinished,
@@ -31,7 +31,6 @@ from moa.events import (
     LayerStarted,
     MoAEvent,
     NeuronFinished,
-    StreamFailed,
     Token,
 )
 from moa.layers._budget import Budget, context_window_problem
@@ -185,9 +184,6 @@ class MixtureOfAgents:
             _call_plan(agg.neuron, self.settings, LAYER_NAME, config, agg_fallbacks), agg
         )
         self._prepared = False
-        self._context_checked = False
-        if "litellm" in sys.modules:  # model info is at hand: check now, at load time
-            self._warn_about_context_window()
 
     @classmethod
     def from_config(
@@ -250,7 +246,6 @@ class MixtureOfAgents:
         )
 
     def _warn_about_context_window(self) -> None:
-        self._context_checked = True
         try:
             problem = self.check_context_window()
         except Exception:  # a check must never break a mixture
@@ -263,7 +258,7 @@ class MixtureOfAgents:
         """Run the mixture on `query` and return the answer with its full trace.
 
         Raises `AllNeuronsFailed` when a layer has no survivor and `AggregationFailed` when
-        the aggregator fails; both keep the completed layers.
+        the aggregator fails; both keep every layer that ran (`layers`).
         """
         result: MoAResult | None = None
         async for event in self._run(query, stream=False):
@@ -278,27 +273,12 @@ class MixtureOfAgents:
         end, then the aggregator's text as the upstream streams it, then `Completed` with the
         same `MoAResult` that `process()` returns.
 
-        On failure it yields `StreamFailed` (with every layer that ran and any partial text)
-        and then raises the exception `process()` would have raised.
+        A failure is raised, the same exception `process()` raises (with every layer that ran
+        in its `layers`, and for `AggregationFailed` the text streamed so far in
+        `partial_text`), so a plain `async for` cannot miss it.
         """
-        layers: list[LayerResult] = []
-        partial: list[str] = []
-        try:
-            async for event in self._run(query, stream=True):
-                if isinstance(event, LayerFinished):
-                    layers.append(event.layer)
-                elif isinstance(event, Token):
-                    partial.append(event.text)
-                yield event
-        except Exception as exc:
-            ran = getattr(exc, "layers", None)
-            yield StreamFailed(
-                error=str(exc),
-                error_type=type(exc).__name__,
-                layers=tuple(ran) if isinstance(ran, tuple) else tuple(layers),
-                partial_text="".join(partial),
-            )
-            raise
+        async for event in self._run(query, stream=True):
+            yield event
 
     async def stream_text(self, query: Query) -> AsyncGenerator[str, None]:
         """Only the aggregator's text, as it arrives. Raises as `process()` does."""
@@ -325,80 +305,84 @@ class MixtureOfAgents:
         effective_query = annotated if annotated is not None else user_query
 
         completed: list[LayerResult] = []
-        references: tuple[Reference, ...] = ()
-        for layer in self.layers:
-            yield LayerStarted(layer=layer.name, index=layer.index)
-            if stream:
-                finished: asyncio.Queue[NeuronResult | None] = asyncio.Queue()
-                task = asyncio.ensure_future(
-                    layer.run(
-                        history, references, origin=origin, semaphore=semaphore,
-                        completed=completed, on_result=finished.put_nowait,
-                    )
-                )  # fmt: skip
-                task.add_done_callback(_closer(finished))
-                try:
-                    while (neuron := await finished.get()) is not None:
-                        yield NeuronFinished(neuron=neuron)
-                    result = task.result()
-                finally:
-                    await _cancel(task)
-            else:
-                result = await layer.run(
-                    history, references, origin=origin, semaphore=semaphore, completed=completed
-                )
-            completed.append(result)
-            references = references_from(result)
-            yield LayerFinished(layer=result)
-
-        rng = random.Random(self.config.seed) if self.config.seed is not None else random.Random()
-        aggregation = await self.aggregation.prepare(history, effective_query, references, rng)
-        yield AggregationStarted()
-        if stream:
-            aggregator: NeuronResult | None = None
-            async for piece in self.aggregation.stream(
-                aggregation, origin=origin, completed=completed
-            ):
-                if isinstance(piece, str):
-                    yield Token(text=piece)
+        try:
+            references: tuple[Reference, ...] = ()
+            for layer in self.layers:
+                yield LayerStarted(layer=layer.name, index=layer.index)
+                if stream:
+                    finished: asyncio.Queue[NeuronResult | None] = asyncio.Queue()
+                    task = asyncio.ensure_future(
+                        layer.run(
+                            history, references, origin=origin, semaphore=semaphore,
+                            on_result=finished.put_nowait,
+                        )
+                    )  # fmt: skip
+                    task.add_done_callback(_closer(finished))
+                    try:
+                        while (neuron := await finished.get()) is not None:
+                            yield NeuronFinished(neuron=neuron)
+                        result = task.result()
+                    finally:
+                        await _cancel(task)
                 else:
-                    aggregator = piece
-            assert aggregator is not None
-        else:
-            aggregator = await self.aggregation.run(aggregation, origin=origin, completed=completed)
-        calls = [*([annotator_result] if annotator_result else [])]
-        for layer_result in completed:
-            calls.extend(layer_result.neurons)
-        calls.append(aggregator)
-        truncations = [t for layer_result in completed for t in layer_result.truncations]
-        yield Completed(
-            result=MoAResult(
-                content=aggregator.text or "",
-                response_times={c.key: c.seconds for c in calls},
-                total_completion_time=time.perf_counter() - origin,
-                query=user_query,
-                annotated_query=annotated,
-                annotator=annotator_result,
-                layers=tuple(completed),
-                aggregator=aggregator,
-                aggregated=tuple(ref.path for ref in aggregation.selected),
-                usage=Usage.total(c.usage for c in calls),
-                cost=total_cost(calls),
-                truncations=(*truncations, *aggregation.truncations),
-                partial=any(layer_result.partial for layer_result in completed),
+                    result = await layer.run(
+                        history, references, origin=origin, semaphore=semaphore
+                    )
+                completed.append(result)
+                references = references_from(result)
+                yield LayerFinished(layer=result)
+
+            rng = (
+                random.Random(self.config.seed) if self.config.seed is not None else random.Random()
             )
-        )
+            aggregation = await self.aggregation.build_request(
+                history, effective_query, references, rng
+            )
+            yield AggregationStarted()
+            if stream:
+                aggregator: NeuronResult | None = None
+                async for piece in self.aggregation.stream(aggregation, origin=origin):
+                    if isinstance(piece, str):
+                        yield Token(text=piece)
+                    else:
+                        aggregator = piece
+                assert aggregator is not None
+            else:
+                aggregator = await self.aggregation.run(aggregation, origin=origin)
+            calls = [*([annotator_result] if annotator_result else [])]
+            for layer_result in completed:
+                calls.extend(layer_result.neurons)
+            calls.append(aggregator)
+            truncations = [t for layer_result in completed for t in layer_result.truncations]
+            yield Completed(
+                result=MoAResult(
+                    content=aggregator.text or "",
+                    response_times={c.key: c.seconds for c in calls},
+                    total_completion_time=time.perf_counter() - origin,
+                    query=user_query,
+                    annotated_query=annotated,
+                    annotator=annotator_result,
+                    layers=tuple(completed),
+                    aggregator=aggregator,
+                    aggregated=tuple(ref.path for ref in aggregation.selected),
+                    usage=Usage.total(c.usage for c in calls),
+                    cost=total_cost(calls),
+                    truncations=(*truncations, *aggregation.truncations),
+                    partial=any(layer_result.partial for layer_result in completed),
+                )
+            )
+        except (AllNeuronsFailed, AggregationFailed) as exc:
+            # The one place a failure gets the layers that completed before it: a layer
+            # raises with its own result only, the aggregator with none.
+            exc.layers = (*completed, *exc.layers)
+            raise
 
     def process_sync(self, query: Query) -> MoAResult:
         """`process()` for scripts and notebooks; works whether or not a loop is running.
 
         Ctrl-C cancels the run and raises `KeyboardInterrupt` at once, even while a worker
         thread is still importing litellm or loading a tokenizer (it is abandoned)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return run(self.process(query))
-        return executor().submit(run, self.process(query)).result()
+        return run_sync(lambda: self.process(query))
 
     async def aclose(self) -> None:
         """Release every neuron's resources."""

@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,8 @@ __all__ = [
     "get_plugin_manager",
     "neuron_types",
     "plugin_infos",
+    "plugin_of_preset",
+    "presets",
     "register_plugin",
     "reload_plugins",
     "unregister_plugin",
@@ -54,7 +57,9 @@ _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None
 _dists: dict[str, tuple[str | None, str | None]] = {}
 _types: dict[str, type[Neuron]] | None = None
+_presets: dict[str, Path] | None = None
 _origins: dict[str, str] = {}
+_preset_origins: dict[str, str] = {}
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -105,7 +110,7 @@ def _check(pm: pluggy.PluginManager) -> None:
     except pluggy.PluginValidationError as exc:
         raise PluginError(
             f"plugin {exc.plugin!r} implements a hook moa does not define "
-            f"(known hooks: register_neurons): {exc}"
+            f"(known hooks: register_neurons, register_presets): {exc}"
         ) from exc
 
 
@@ -146,6 +151,44 @@ def neuron_types() -> dict[str, type[Neuron]]:
         return dict(_types)
 
 
+def _collect_presets() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    origins: dict[str, str] = {}
+    for impl in get_plugin_manager().hook.register_presets.get_hookimpls():
+        plugin_name = impl.plugin_name
+
+        def register(name: str, path: Path | str, _plugin: str = plugin_name) -> None:
+            if name in found and found[name] != Path(path):
+                raise PluginError(
+                    f"preset {name!r} is registered twice: "
+                    f"by {origins[name]!r} and by {_plugin!r}"
+                )
+            found[name] = Path(path)
+            origins[name] = _plugin
+
+        impl.function(register=register)
+    _preset_origins.clear()
+    _preset_origins.update(origins)
+    return found
+
+
+def presets() -> dict[str, Path]:
+    """Map each preset registered by an installed plugin to its config file."""
+    global _presets
+    with _lock:
+        if _presets is None:
+            _presets = _collect_presets()
+        return dict(_presets)
+
+
+def plugin_of_preset(name: str) -> str | None:
+    """The distribution (else plugin name) that registered preset `name`, if any."""
+    if name not in presets():
+        return None
+    plugin = _preset_origins[name]
+    return _dists.get(plugin, (None, None))[0] or plugin
+
+
 def get_neuron_class(type_name: str) -> type[Neuron]:
     """The class registered as `type_name`; `PluginError` listing the known types if none."""
     types = neuron_types()
@@ -158,27 +201,27 @@ def get_neuron_class(type_name: str) -> type[Neuron]:
 
 def register_plugin(plugin: object, name: str | None = None) -> str:
     """Register a plugin object or module at run time (e.g. a neuron class defined in a script)."""
-    global _types
+    global _types, _presets
     with _lock:
         pm = get_plugin_manager()
         registered = pm.register(plugin, name=name)
         if registered is None:
             raise PluginError(f"plugin {name or plugin!r} is already registered or blocked")
         _check(pm)
-        _types = None
+        _types = _presets = None
         return registered
 
 
 def unregister_plugin(name_or_plugin: str | object) -> None:
     """Undo `register_plugin()`."""
-    global _types
+    global _types, _presets
     with _lock:
         pm = get_plugin_manager()
         if isinstance(name_or_plugin, str):
             pm.unregister(name=name_or_plugin)
         else:
             pm.unregister(plugin=name_or_plugin)
-        _types = None
+        _types = _presets = None
 
 
 def plugin_infos() -> list[PluginInfo]:
@@ -208,9 +251,9 @@ def _own_version() -> str | None:
 def reload_plugins() -> None:
     """Forget every loaded plugin; the next lookup loads built-ins and entry points again
     (e.g. after installing a plugin package in a running process)."""
-    global _manager, _types
+    global _manager, _types, _presets
     with _lock:
         _manager = None
-        _types = None
+        _types = _presets = None
         _dists.clear()
         _origins.clear()

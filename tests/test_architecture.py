@@ -4,6 +4,8 @@ litellm imported by the two modules that own it only."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import moa
@@ -182,3 +184,16 @@ def test_only_the_litellm_transport_and_adapter_import_litellm() -> None:
             if any(name == "litellm" or name.startswith("litellm.") for name in names):
                 importers.add(module)
     assert importers == LITELLM_IMPORTERS
+
+
+def test_the_litellm_adapter_imports_litellm_only_when_used() -> None:
+    code = (
+        "import sys, moa.litellm_provider, moa.adapters.litellm_provider as p\n"
+        "assert 'litellm' not in sys.modules, 'imported at module import'\n"
+        "handler = moa.litellm_provider.handler\n"
+        "assert 'litellm' in sys.modules and handler is p.handler\n"
+        "assert isinstance(handler, p.MoAProvider)\n"
+        "from litellm.llms.custom_llm import CustomLLM\n"
+        "assert isinstance(handler, CustomLLM)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -102,7 +102,7 @@ def test_fit_never_leaves_nothing_and_keeps_order() -> None:
     assert kept == refs and cuts == []
 
 
-def test_a_worst_case_over_the_context_window_warns_at_load(build: Build) -> None:
+async def test_a_worst_case_over_the_context_window_warns_on_prepare(build: Build) -> None:
     load_litellm()
     window = load_litellm().get_model_info("gpt-4o-mini")["max_input_tokens"]
     config = f"""
@@ -112,25 +112,30 @@ def test_a_worst_case_over_the_context_window_warns_at_load(build: Build) -> Non
         - {{model: m/b, max_tokens: {window // 2}}}
     aggregation_layer: {{model: openai/gpt-4o-mini, base_url: "http://127.0.0.1:9/v1"}}
     """
+    moa = build(config)  # building never waits on litellm's model info
     with pytest.warns(ContextWindowWarning, match="context window of"):
-        build(config)
+        await moa.prepare()
     with warnings.catch_warnings():
         warnings.simplefilter("error", ContextWindowWarning)
-        build(config.replace("base_url", f"max_context_tokens: {window // 2}, base_url"))
-        build(config.replace("openai/gpt-4o-mini", "m/unknown"))  # window unknown: no guess
-        build(config.replace(f"max_tokens: {window // 2}", "weight: 1"))  # m/a, m/b unbounded
+        for fits in (
+            config.replace("base_url", f"max_context_tokens: {window // 2}, base_url"),
+            config.replace("openai/gpt-4o-mini", "m/unknown"),  # window unknown: no guess
+            config.replace(f"max_tokens: {window // 2}", "weight: 1"),  # m/a, m/b unbounded
+        ):
+            await build(fits).prepare()
 
 
-async def test_the_check_also_runs_in_prepare(build: Build) -> None:
-    load_litellm()
+async def test_the_check_runs_once_and_on_demand(build: Build) -> None:
     config = """
     proposal_layers: [{neurons: [{model: m/a, max_tokens: 900000}]}]
     aggregation_layer: {model: openai/gpt-4o-mini, base_url: "http://127.0.0.1:9/v1"}
     """
-    with pytest.warns(ContextWindowWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContextWindowWarning)
         moa = build(config)
-    moa._context_checked = False  # as if built before litellm was imported
-    moa._prepared = False
     with pytest.warns(ContextWindowWarning):
         await moa.prepare()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContextWindowWarning)
+        await moa.prepare()  # done once
     assert moa.check_context_window() is not None

@@ -4,14 +4,14 @@ explains both options."""
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES
 
-from moa import ConfigError, load_config
-from moa.plugins import reload_plugins
+from moa import ConfigError, PluginError, hookimpl, load_config
+from moa.plugins import register_plugin, reload_plugins, unregister_plugin
 from moa.presets import SEED_CONFIG, local_preset, resolve_default
 
 has_llamacpp_plugin = importlib.util.find_spec("moa_llamacpp") is not None
@@ -59,7 +59,7 @@ def test_no_key_and_the_local_plugin_picks_the_local_preset() -> None:
     source, message = resolve_default()
     assert source == moa_llamacpp.LOCAL_PRESET == local_preset()
     assert message.startswith("no config and no PROVIDER_API_KEY: using the local preset")
-    assert "SmolLM2-135M via llama.cpp" in message
+    assert "(local.yaml from moa-llamacpp)" in message
     config = load_config(source)
     assert config.aggregation_layer.neuron.type == "llamacpp"
 
@@ -74,3 +74,34 @@ def test_neither_explains_both_options(
     message = str(caught.value)
     assert "PROVIDER_API_KEY" in message and ".env.local" in message
     assert "pip install -r requirements-local.txt" in message and "CMAKE_ARGS=" in message
+
+
+class PresetPlugin:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @hookimpl
+    def register_presets(self, register: Callable[[str, Path], None]) -> None:
+        register("local", self.path)
+
+
+def test_presets_come_through_the_register_presets_hook(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_plugins: None
+) -> None:
+    monkeypatch.setenv("MOA_LOAD_PLUGINS", "")  # only the plugin below
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(SEED_CONFIG.read_text())
+    plugin = PresetPlugin(preset)
+    register_plugin(plugin, name="my-presets")
+    try:
+        assert local_preset() == preset
+        source, message = resolve_default()
+        assert source == preset and "(mine.yaml from my-presets)" in message
+        clash = PresetPlugin(tmp_path / "other.yaml")
+        register_plugin(clash, name="other-presets")
+        with pytest.raises(PluginError, match="preset 'local' is registered twice"):
+            local_preset()
+        unregister_plugin(clash)
+    finally:
+        unregister_plugin(plugin)
+    assert local_preset() is None

@@ -134,22 +134,19 @@ async def test_a_stream_failing_mid_way_reports_it_and_keeps_the_proposals(
         async for event in build(config).stream("q"):
             events.append(event)
     kinds = [e.kind for e in events]
-    streamed = events[kinds.index("aggregation_started") + 1 : -1]
-    assert streamed and all(isinstance(e, Token) for e in streamed)
+    streamed = events[kinds.index("aggregation_started") + 1 :]
+    assert streamed and all(isinstance(e, Token) for e in streamed)  # then the exception
     text = "".join(e.text for e in streamed if isinstance(e, Token))
     assert text == ("first " if fault == "hang_after_first_token" else "first then more")
-    error = events[-1]
-    assert isinstance(error, StreamFailed) and error.kind == "error"
-    assert error.error_type == "AggregationFailed"
-    assert error.error == str(caught.value)
+    error = caught.value
     expected = "time" if fault == "hang_after_first_token" else "ended before"
-    assert expected in error.error.lower()  # "TimeoutError: ..." via litellm, "timed out: ..." fast
+    assert expected in str(error).lower()  # "TimeoutError: ..." via litellm, "timed out: ..." fast
     assert error.partial_text == text
     assert [n.text for n in error.layers[0].neurons] == ["answer from m/p1", "answer from m/p2"]
-    assert caught.value.proposals == ["answer from m/p1", "answer from m/p2"]
+    assert error.proposals == ["answer from m/p1", "answer from m/p2"]
 
 
-async def test_a_layer_with_no_survivor_is_an_error_event_then_the_exception(
+async def test_a_layer_with_no_survivor_raises_with_every_layer_that_ran(
     fake: FakeProvider, build: Build
 ) -> None:
     fake.script("m/a", Reply(status=500))
@@ -159,15 +156,12 @@ async def test_a_layer_with_no_survivor_is_an_error_event_then_the_exception(
     aggregation_layer: {model: m/agg}
     """
     events: list[MoAEvent] = []
-    with pytest.raises(AllNeuronsFailed):
+    with pytest.raises(AllNeuronsFailed) as caught:
         async for event in build(config).stream("q"):
             events.append(event)
-    assert [e.kind for e in events] == [
-        "layer_started", "neuron_finished", "neuron_finished", "error",
-    ]  # fmt: skip
-    error = events[-1]
-    assert isinstance(error, StreamFailed) and error.error_type == "AllNeuronsFailed"
-    assert {n.error_type for n in error.layers[0].neurons} == {"ProviderError", "AuthenticationError"}
+    assert [e.kind for e in events] == ["layer_started", "neuron_finished", "neuron_finished"]
+    (layer,) = caught.value.layers  # the failed layer's own result
+    assert {n.error_type for n in layer.neurons} == {"ProviderError", "AuthenticationError"}
     assert fake.requests_for("m/agg") == []
 
 
@@ -195,23 +189,35 @@ async def test_an_aggregator_failing_before_any_token(fake: FakeProvider, build:
     fake.script("m/agg", Reply(status=503))
     moa = build("proposal_layers: [{neurons: [{model: m/a}]}]\naggregation_layer: {model: m/agg}")
     events: list[MoAEvent] = []
-    with pytest.raises(AggregationFailed):
+    with pytest.raises(AggregationFailed) as caught:
         async for event in moa.stream("q"):
             events.append(event)
-    assert [e.kind for e in events][-2:] == ["aggregation_started", "error"]
-    error = events[-1]
-    assert isinstance(error, StreamFailed) and error.partial_text == ""
-    assert "HTTP 503" in error.error and error.layers[0].neurons[0].ok
+    assert [e.kind for e in events][-1] == "aggregation_started"
+    error = caught.value
+    assert error.partial_text == ""
+    assert "HTTP 503" in str(error) and error.layers[0].neurons[0].ok
 
 
-async def test_a_bad_query_is_an_error_event_too(build: Build) -> None:
+async def test_a_bad_query_raises_before_any_event(build: Build) -> None:
     moa = build("proposal_layers: [{neurons: [{model: m/a}]}]\naggregation_layer: {model: m/agg}")
     events: list[MoAEvent] = []
     with pytest.raises(QueryError):
         async for event in moa.stream("   "):
             events.append(event)
-    (error,) = events
-    assert isinstance(error, StreamFailed) and error.error_type == "QueryError" and not error.layers
+    assert events == []
+
+
+async def test_a_failed_stream_is_reported_once_never_as_an_event(
+    fake: FakeProvider, build: Build
+) -> None:
+    fake.script("m/a", Reply(status=400))
+    moa = build("proposal_layers: [{neurons: [{model: m/a}]}]\naggregation_layer: {model: m/agg}")
+    seen: list[MoAEvent] = []
+    with pytest.raises(AllNeuronsFailed):
+        async for event in moa.stream("q"):
+            seen.append(event)
+    assert not any(isinstance(e, (StreamFailed, Completed)) for e in seen)
+    assert StreamFailed.model_validate({"error": "old log", "error_type": "X"}).kind == "error"
 
 
 async def test_leaving_during_a_layer_cancels_its_calls(fake: FakeProvider, build: Build) -> None:

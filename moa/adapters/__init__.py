@@ -3,8 +3,7 @@
 - `server`: an OpenAI-compatible HTTP server (`moa serve`).
 - `litellm_provider`: moa as a litellm custom provider (documented as `moa.litellm_provider`).
 - `batch`: many queries from a file, resumable (`moa batch`).
-- `_wire`: moa errors as OpenAI error bodies and statuses; `_streaming`: events for consumers
-  that must not see an error twice.
+- `_wire`: a run's usage and errors in OpenAI's wire shapes (error bodies and statuses).
 
 Nothing is imported with the package: each adapter loads what it needs.
 """

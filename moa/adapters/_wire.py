@@ -1,5 +1,6 @@
-"""How a failed run is described outside Python: one readable message, and the HTTP status
-and OpenAI error `type` / `code` it is reported with (server, litellm provider, batch)."""
+"""How a run is described outside Python, in OpenAI's wire shapes (server, litellm provider,
+batch): its usage, and for a failed run one readable message and the HTTP status and OpenAI
+error `type` / `code` it is reported with."""
 
 from __future__ import annotations
 
@@ -17,8 +18,25 @@ from moa.errors import (
     RateLimitError,
 )
 from moa.errors import TimeoutError as NeuronTimeout
+from moa.result import MoAResult
 
-__all__ = ["WireError", "describe_error", "failure_kind", "public_message", "wire_error"]
+__all__ = [
+    "WireError",
+    "describe_error",
+    "failure_kind",
+    "openai_usage",
+    "public_message",
+    "wire_error",
+]
+
+
+def openai_usage(result: MoAResult) -> dict[str, int]:
+    """A run's usage (summed over every call) as OpenAI's `usage` object."""
+    return {
+        "prompt_tokens": result.usage.prompt_tokens,
+        "completion_tokens": result.usage.completion_tokens,
+        "total_tokens": result.usage.total_tokens,
+    }
 
 
 def describe_error(exc: BaseException) -> str:

@@ -23,22 +23,21 @@ For the litellm proxy (no code at all), point its config at the module-level `ha
       custom_provider_map:
         - {"provider": "moa", "custom_handler": moa.litellm_provider.handler}
 
-Importing this module imports litellm (configured as `moa.neurons.llm` configures it).
+Importing this module does not import litellm: `register()`, or the first use of `handler`
+or `MoAProvider`, loads it (configured as `moa.neurons.llm` configures it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from moa.adapters._streaming import events
-from moa.adapters._wire import wire_error
+from moa._sync import iterate_sync, run_sync
+from moa.adapters._wire import openai_usage, wire_error
 from moa.config import MoAConfig, Source
 from moa.errors import ConfigError, MissingCredentialsError, MoAError
 from moa.events import Completed, MoAEvent, Token
@@ -48,13 +47,14 @@ from moa.result import MoAResult
 
 __all__ = ["PROVIDER", "MoAProvider", "handler", "register", "resolve", "unregister"]
 
+if TYPE_CHECKING:  # made on first access, by __getattr__ below
+    MoAProvider: type[Any]
+    handler: Any
+
 PROVIDER = "moa"
 ENV_CONFIGS = "MOA_LITELLM_CONFIGS"
 ENV_ALLOW_PATHS = "MOA_LITELLM_ALLOW_PATHS"
 _SUFFIXES = (".yaml", ".yml")
-
-_litellm = load_litellm()
-from litellm.llms.custom_llm import CustomLLM, CustomLLMError  # noqa: E402
 
 _lock = threading.Lock()
 _sources: dict[str, Source | MoAConfig | MixtureOfAgents] = {}
@@ -66,22 +66,24 @@ def register(
     mixtures: Mapping[str, Source | MoAConfig | MixtureOfAgents] | None = None,
     *,
     allow_paths: bool | None = None,
-) -> MoAProvider:
+) -> Any:
     """Make `moa/<name>` models available to litellm (idempotent) and add named mixtures:
     a config path, YAML text, a mapping, a `MoAConfig` or a built `MixtureOfAgents`.
+    Returns the `handler`.
 
     `allow_paths=True` also lets `moa/<path>.yaml` load that file (as `MOA_LITELLM_ALLOW_PATHS=1`
     does); only for callers you trust with every YAML file this process can read."""
+    provider = _handler()
     with _lock:
         if allow_paths is not None:
             _options["allow_paths"] = allow_paths
         for name, source in (mixtures or {}).items():
             _sources[name] = source
             _built.pop(name, None)
-        entries = _litellm.custom_provider_map
+        entries = load_litellm().custom_provider_map
         if not any(entry.get("provider") == PROVIDER for entry in entries):
-            entries.append({"provider": PROVIDER, "custom_handler": handler})
-    return handler
+            entries.append({"provider": PROVIDER, "custom_handler": provider})
+    return provider
 
 
 def unregister(name: str | None = None) -> None:
@@ -94,11 +96,12 @@ def unregister(name: str | None = None) -> None:
         _sources.clear()
         _built.clear()
         _options["allow_paths"] = False
-        _litellm.custom_provider_map[:] = [
-            e for e in _litellm.custom_provider_map if e.get("provider") != PROVIDER
+        litellm = load_litellm()
+        litellm.custom_provider_map[:] = [
+            e for e in litellm.custom_provider_map if e.get("provider") != PROVIDER
         ]
         # litellm adds custom providers to these lists on the first call; take it back out
-        for registry in (_litellm._custom_providers, _litellm.provider_list):
+        for registry in (litellm._custom_providers, litellm.provider_list):
             if PROVIDER in registry:
                 registry.remove(PROVIDER)
 
@@ -172,15 +175,9 @@ def _failure(exc: BaseException) -> Exception:
     else:
         error = wire_error(exc)
         status, message = error.status, error.message
+    from litellm.llms.custom_llm import CustomLLMError
+
     return CustomLLMError(status_code=status, message=message)  # type: ignore[no-untyped-call]
-
-
-def _usage(result: MoAResult) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.usage.prompt_tokens,
-        "completion_tokens": result.usage.completion_tokens,
-        "total_tokens": result.usage.total_tokens,
-    }
 
 
 def _fill(model_response: Any, model: str, result: MoAResult) -> Any:
@@ -188,7 +185,7 @@ def _fill(model_response: Any, model: str, result: MoAResult) -> Any:
     model_response.choices[0].finish_reason = "stop"
     model_response.model = f"{PROVIDER}/{model.removeprefix(f'{PROVIDER}/')}"
     model_response.created = int(time.time())
-    model_response.usage = _litellm.Usage(**_usage(result))
+    model_response.usage = load_litellm().Usage(**openai_usage(result))
     return model_response
 
 
@@ -198,52 +195,27 @@ def _chunk(event: MoAEvent) -> dict[str, Any] | None:
                 "index": 0, "tool_use": None}  # fmt: skip
     if isinstance(event, Completed):
         return {"text": "", "is_finished": True, "finish_reason": "stop",
-                "usage": _usage(event.result), "index": 0, "tool_use": None}  # fmt: skip
+                "usage": openai_usage(event.result), "index": 0, "tool_use": None}  # fmt: skip
     return None
 
 
-def _threaded(moa: MixtureOfAgents, messages: list[Any]) -> Iterator[MoAEvent]:
-    """`events()` for synchronous callers: the run has its own loop in a worker thread, so
-    this works whether or not the caller's thread runs an event loop."""
-    inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
-
-    async def pump() -> None:
-        try:
-            async for event in events(moa, messages):
-                inbox.put(("event", event))
-        except BaseException as exc:  # handed to the caller's thread
-            inbox.put(("error", exc))
-        else:
-            inbox.put(("done", None))
-
-    threading.Thread(target=asyncio.run, args=(pump(),), daemon=True).start()
-    while True:
-        kind, value = inbox.get()
-        if kind == "error":
-            raise value
-        if kind == "done":
-            return
-        yield value
-
-
-class MoAProvider(CustomLLM):
-    """The handler litellm calls for `moa/<name>` models.
+class _Handler:
+    """What litellm calls for `moa/<name>` models: `MoAProvider` is this plus litellm's
+    `CustomLLM`, made on first use (so that importing this module does not import litellm).
 
     litellm passes every argument by keyword; the ones a mixture has no use for (api_base,
-    optional_params, logging_obj...) are taken as `**_`, hence the `override` ignores.
+    optional_params, logging_obj...) are taken as `**_`.
     """
 
-    def completion(  # type: ignore[override]
-        self, model: str, messages: list[Any], model_response: Any, **_: Any
-    ) -> Any:
+    def completion(self, model: str, messages: list[Any], model_response: Any, **_: Any) -> Any:
         moa = self._mixture(model)
         try:
-            result = next(e.result for e in _threaded(moa, messages) if isinstance(e, Completed))
+            result = run_sync(lambda: moa.process(messages))
         except MoAError as exc:
             raise _failure(exc) from exc
         return _fill(model_response, model, result)
 
-    async def acompletion(  # type: ignore[override]
+    async def acompletion(
         self, model: str, messages: list[Any], model_response: Any, **_: Any
     ) -> Any:
         moa = self._mixture(model)
@@ -253,24 +225,22 @@ class MoAProvider(CustomLLM):
             raise _failure(exc) from exc
         return _fill(model_response, model, result)
 
-    def streaming(  # type: ignore[override]
-        self, model: str, messages: list[Any], **_: Any
-    ) -> Iterator[dict[str, Any]]:
+    def streaming(self, model: str, messages: list[Any], **_: Any) -> Iterator[dict[str, Any]]:
         moa = self._mixture(model)
         try:
-            for event in _threaded(moa, messages):
+            for event in iterate_sync(lambda: moa.stream(messages)):
                 chunk = _chunk(event)
                 if chunk is not None:
                     yield chunk
         except MoAError as exc:
             raise _failure(exc) from exc
 
-    async def astreaming(  # type: ignore[override]
+    async def astreaming(
         self, model: str, messages: list[Any], **_: Any
     ) -> AsyncIterator[dict[str, Any]]:
         moa = self._mixture(model)
         try:
-            async for event in events(moa, messages):
+            async for event in moa.stream(messages):
                 chunk = _chunk(event)
                 if chunk is not None:
                     yield chunk
@@ -285,4 +255,36 @@ class MoAProvider(CustomLLM):
             raise _failure(exc) from exc
 
 
-handler = MoAProvider()
+_lazy: dict[str, Any] = {}
+
+
+def _provider_class() -> type[Any]:
+    with _lock:
+        if "MoAProvider" not in _lazy:
+            load_litellm()
+            from litellm.llms.custom_llm import CustomLLM
+
+            _lazy["MoAProvider"] = type(
+                "MoAProvider",
+                (_Handler, CustomLLM),
+                {"__module__": __name__, "__doc__": _Handler.__doc__},
+            )
+        return _lazy["MoAProvider"]  # type: ignore[no-any-return]
+
+
+def _handler() -> Any:
+    cls = _provider_class()
+    with _lock:
+        if "handler" not in _lazy:
+            _lazy["handler"] = cls()
+        return _lazy["handler"]
+
+
+def __getattr__(name: str) -> Any:
+    """`MoAProvider` and `handler` (the instance the litellm proxy's `custom_handler` names)
+    are made on first access."""
+    if name == "MoAProvider":
+        return _provider_class()
+    if name == "handler":
+        return _handler()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,8 +44,7 @@ from moa.adapters._server_limits import (
     refuse_unsupported,
     uvicorn_options,
 )
-from moa.adapters._streaming import events
-from moa.adapters._wire import describe_error, public_message, wire_error
+from moa.adapters._wire import describe_error, openai_usage, public_message, wire_error
 from moa.errors import MoAError
 from moa.events import Completed, MoAEvent, Token
 from moa.mixture import MixtureOfAgents
@@ -169,14 +168,6 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-def _usage(result: MoAResult) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.usage.prompt_tokens,
-        "completion_tokens": result.usage.completion_tokens,
-        "total_tokens": result.usage.total_tokens,
-    }
-
-
 def create_app(
     mixtures: Mapping[str, MixtureOfAgents],
     *,
@@ -271,12 +262,12 @@ def create_app(
                             "finish_reason": "stop",
                         }
                     ],
-                    "usage": _usage(result),
+                    "usage": openai_usage(result),
                 }
             )
         # Wait for the first piece of the answer before sending headers, so that a run that
         # fails early still gets a proper HTTP status.
-        upstream = events(served[name], messages)
+        upstream = served[name].stream(messages)
         first = await _until_disconnect(request, _first(upstream))
         include_usage = bool(options.get("include_usage"))
         return StreamingResponse(
@@ -391,5 +382,5 @@ async def _sse(
             await upstream.aclose()
     yield _chunk(header, _delta({}, "stop"), **usage)
     if include_usage:
-        yield _chunk(header, [], usage=_usage(result))
+        yield _chunk(header, [], usage=openai_usage(result))
     yield b"data: [DONE]\n\n"

@@ -60,13 +60,12 @@ def run(
 
 
 async def _answer(moa: MixtureOfAgents, query: str, *, stream: bool) -> MoAResult:
-    from moa.adapters._streaming import events
     from moa.events import Completed, Token
 
     result: MoAResult | None = None
     printed = False
     try:
-        async for event in events(moa, query):
+        async for event in moa.stream(query):
             if isinstance(event, Token) and stream and event.text:
                 sys.stdout.write(scrub(event.text))
                 sys.stdout.flush()

@@ -19,7 +19,7 @@ from moa.layers._prompts import format_responses, system_then
 from moa.layers._template import render
 from moa.layers.layer import fit_to_budget
 from moa.neurons.base import ChatMessage, Neuron, NeuronRequest, Reference
-from moa.result import LayerResult, NeuronResult, Truncation
+from moa.result import NeuronResult, Truncation
 
 __all__ = ["Aggregation", "AggregationLayer"]
 
@@ -87,7 +87,7 @@ class AggregationLayer:
             },
         )
 
-    async def prepare(
+    async def build_request(
         self,
         history: Sequence[ChatMessage],
         user_query: str,
@@ -111,22 +111,21 @@ class AggregationLayer:
         turns = (*history[:-1], {"role": "user", "content": prompt})
         return Aggregation(tuple(history), tuple(turns), tuple(selected), tuple(truncations))
 
-    async def run(
-        self, aggregation: Aggregation, *, origin: float, completed: Sequence[LayerResult] = ()
-    ) -> NeuronResult:
-        """Aggregate; raise `AggregationFailed` (keeping every completed layer) on failure."""
+    async def run(self, aggregation: Aggregation, *, origin: float) -> NeuronResult:
+        """Aggregate; raise `AggregationFailed` on failure."""
         result, _, failure = await call_neuron(
             self.plan, aggregation.request_for, layer=LAYER_NAME, index=0, origin=origin
         )
         if failure is not None:
-            raise self._failed(failure, result.attempt_errors, completed)
+            raise self._failed(failure, result.attempt_errors)
         return result
 
     async def stream(
-        self, aggregation: Aggregation, *, origin: float, completed: Sequence[LayerResult] = ()
+        self, aggregation: Aggregation, *, origin: float
     ) -> AsyncIterator[str | NeuronResult]:
         """Aggregate with the neuron's `stream()`: yield text deltas as they arrive, then the
-        aggregator's `NeuronResult`; raise `AggregationFailed` as `run()` does."""
+        aggregator's `NeuronResult`; raise `AggregationFailed` as `run()` does, with the text
+        streamed before the failure as its `partial_text`."""
         call = StreamedCall(
             self.plan, aggregation.request_for, layer=LAYER_NAME, index=0, origin=origin
         )
@@ -134,14 +133,17 @@ class AggregationLayer:
             yield piece
         assert call.result is not None
         if call.failure is not None:
-            raise self._failed(call.failure, call.result.attempt_errors, completed)
+            raise self._failed(
+                call.failure, call.result.attempt_errors, partial_text=call.partial_text
+            )
         yield call.result
 
     def _failed(
         self,
         failure: NeuronError,
         attempt_errors: Sequence[str],
-        completed: Sequence[LayerResult],
+        *,
+        partial_text: str = "",
     ) -> AggregationFailed:
         count = len(self.plan.fallbacks)
         who = f"the aggregator and its {count} fallback(s)" if count else "the aggregator"
@@ -149,7 +151,7 @@ class AggregationLayer:
         error = AggregationFailed(
             f"{who} failed, the proposals are kept on this error: {reasons}",
             cause=failure,
-            layers=completed,
+            partial_text=partial_text,
         )
         error.__cause__ = failure
         return error

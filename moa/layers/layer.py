@@ -98,10 +98,10 @@ class Layer:
         *,
         origin: float,
         semaphore: asyncio.Semaphore | None = None,
-        completed: Sequence[LayerResult] = (),
         on_result: Callable[[NeuronResult], object] | None = None,
     ) -> LayerResult:
-        """Run all neurons; raise `AllNeuronsFailed` (with each cause) if none succeeds.
+        """Run all neurons; raise `AllNeuronsFailed` (with each cause, and this layer's own
+        result as its `layers`) if none succeeds.
 
         `on_result` is called with each neuron's result as soon as that neuron finishes.
         """
@@ -179,7 +179,7 @@ class Layer:
                 + "; ".join(str(f) for f in failures),
                 failures,
                 layer=self.name,
-                layers=(*completed, layer),
+                layers=(layer,),
             )
         return layer
 

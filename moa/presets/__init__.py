@@ -4,8 +4,9 @@
 
 1. `PROVIDER_API_KEY` is set (environment, `.env.local` or `.env`): the seed's example
    config, `seed.yaml` (a copy of `examples/moa_config.yaml`) against `BASE_URL`.
-2. The `llamacpp` neuron type is installed (moa-llamacpp): its `local` preset, a mixture
-   of SmolLM2-135M via llama.cpp that needs no key and no network.
+2. An installed plugin registered a `local` preset through the `register_presets` hook
+   (moa-llamacpp does: a mixture of SmolLM2-135M via llama.cpp that needs no key and no
+   network).
 3. Neither: `ConfigError` explaining both options.
 
 Nothing here runs on `import moa`; plugins are looked up only when `resolve_default()` is
@@ -14,18 +15,18 @@ called.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from moa.errors import ConfigError
 from moa.settings import Settings
 
-__all__ = ["LOCAL_NEURON_TYPE", "SEED_CONFIG", "local_preset", "resolve_default"]
+__all__ = ["LOCAL_PRESET_NAME", "SEED_CONFIG", "local_preset", "resolve_default"]
 
 SEED_CONFIG = Path(__file__).with_name("seed.yaml")
 """The seed's example mixture (identical to `examples/moa_config.yaml`)."""
 
-LOCAL_NEURON_TYPE = "llamacpp"
+LOCAL_PRESET_NAME = "local"
+"""The preset run with no config and no key, as a plugin registers it (`register_presets`)."""
 
 _LOCAL_INSTALL = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON '
@@ -34,22 +35,14 @@ _LOCAL_INSTALL = (
 
 
 def local_preset() -> Path | None:
-    """The `local` preset of the installed `llamacpp` neuron type, or None.
+    """The `local` preset an installed plugin registered (`register_presets` hook), or None.
 
-    The plugin that registers `llamacpp` publishes the preset's path as `LOCAL_PRESET` in its
-    top-level package (moa-llamacpp: `moa_llamacpp.LOCAL_PRESET`). `MOA_LOAD_PLUGINS` applies.
+    `MOA_LOAD_PLUGINS` applies.
     """
-    from moa.plugins import neuron_types
+    from moa.plugins import presets
 
-    neuron_cls = neuron_types().get(LOCAL_NEURON_TYPE)
-    if neuron_cls is None:
-        return None
-    package = importlib.import_module(neuron_cls.__module__.partition(".")[0])
-    preset = getattr(package, "LOCAL_PRESET", None)
-    if preset is None:
-        return None
-    path = Path(preset)
-    return path if path.is_file() else None
+    preset = presets().get(LOCAL_PRESET_NAME)
+    return preset if preset is not None and preset.is_file() else None
 
 
 def resolve_default(settings: Settings | None = None) -> tuple[Path, str]:
@@ -67,9 +60,11 @@ def resolve_default(settings: Settings | None = None) -> tuple[Path, str]:
         )
     preset = local_preset()
     if preset is not None:
+        from moa.plugins import plugin_of_preset
+
         return preset, (
-            "no config and no PROVIDER_API_KEY: using the local preset "
-            "(SmolLM2-135M via llama.cpp, 3 proposers + aggregator, offline)"
+            f"no config and no PROVIDER_API_KEY: using the local preset ({preset.name} from "
+            f"{plugin_of_preset(LOCAL_PRESET_NAME) or 'an installed plugin'})"
         )
     raise ConfigError(
         "no config given, and nothing to run without one. Either:\n"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from moa import hookimpl
-from moa.hookspecs import RegisterNeuron
+from moa.hookspecs import RegisterNeuron, RegisterPreset
 from moa_llamacpp._models import (
     DEFAULT_GGUF,
     GGUFLoadError,
@@ -49,3 +49,8 @@ aggregator, all `type: llamacpp` on the default model (SmolLM2-135M-Instruct).""
 @hookimpl
 def register_neurons(register: RegisterNeuron) -> None:
     register("llamacpp", LlamaCppNeuron)
+
+
+@hookimpl
+def register_presets(register: RegisterPreset) -> None:
+    register("local", LOCAL_PRESET)
