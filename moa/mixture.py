@@ -232,8 +232,7 @@ class MixtureOfAgents:
         # (asyncio.run twice, process_sync). Neuron.prepare() must be idempotent.
         if not self._prepared:
             await asyncio.gather(*(n.prepare() for n in self._with_fallbacks()))
-            if not self._context_checked:
-                await to_thread(self._warn_about_context_window)
+            await to_thread(self._warn_about_context_window)
             self._prepared = True
 
     def check_context_window(self) -> str | None:
