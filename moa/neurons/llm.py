@@ -32,7 +32,7 @@ from moa.errors import (
 from moa.hookspecs import RegisterNeuron, hookimpl
 from moa.neurons import _http
 from moa.neurons._fastpath import FastPlan, field, plan_fast_path
-from moa.neurons._providers import LITELLM_PROVIDERS
+from moa.neurons._providers import providers
 from moa.neurons._upstream_errors import (
     classify_exception,
     neuron_error,
@@ -107,8 +107,9 @@ def _is_loopback(url: str) -> bool:
 
 
 def _provider_prefix(model: str) -> str | None:
+    """The litellm provider `model` names, judged by the loaded litellm if it is loaded."""
     prefix, sep, _ = model.partition("/")
-    return prefix if sep and prefix in LITELLM_PROVIDERS else None
+    return prefix if sep and prefix in providers(_litellm) else None
 
 
 def resolve_route(config: LLMConfig, settings: Settings, *, where: str = "neuron") -> Route:
