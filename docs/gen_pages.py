@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import jsonschema_markdown
 import mkdocs_gen_files
 
-from moa._schema import config_json_schema
+from moa.config._schema import config_json_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"(\]\()([^)\s#]+)(#[^)\s]*)?(\))")

@@ -4,9 +4,9 @@ import pytest
 from pydantic import SecretStr
 
 from moa import Settings
-from moa.neurons import llm
-from moa.neurons._providers import LITELLM_PROVIDERS, SNAPSHOT_VERSION, providers
 from moa.neurons.llm import LLMConfig, load_litellm, resolve_route
+from moa.neurons.llm import _neuron as llm
+from moa.neurons.llm._providers import LITELLM_PROVIDERS, SNAPSHOT_VERSION, providers
 
 
 def test_snapshot_matches_the_litellm_it_was_taken_from() -> None:
@@ -17,7 +17,7 @@ def test_snapshot_matches_the_litellm_it_was_taken_from() -> None:
         pytest.skip(f"snapshot is of litellm {SNAPSHOT_VERSION}, {version('litellm')} installed")
     live = providers(litellm)
     assert set(LITELLM_PROVIDERS) == live, (
-        "litellm's providers changed: regenerate moa/neurons/_providers.py "
+        "litellm's providers changed: regenerate moa/neurons/llm/_providers.py "
         f"(missing {sorted(live - LITELLM_PROVIDERS)}, stale {sorted(LITELLM_PROVIDERS - live)})"
     )
 
