@@ -80,4 +80,7 @@ with mkdocs_gen_files.open("config-reference.md", "w") as f:
         "neuron type installed where this site was built). The YAML reference in the "
         "[home page](index.md#yaml-reference) explains the keys with examples.\n\n"
     )
-    f.write(jsonschema_markdown.generate(config_json_schema(), title="Config reference", footer=False))
+    reference = jsonschema_markdown.generate(
+        config_json_schema(), title="Config reference", footer=False
+    )
+    f.write(reference)

@@ -9,6 +9,12 @@ their own retries turned off, so there is exactly one retry layer):
 - never retried: 400 / 401 / 403 / 404 / 422, `AuthenticationError`, `InvalidResponseError`
   (a 2xx with unusable content), and anything that is not a `NeuronError` (a bug propagates).
 
+A neuron (a plugin's, typically) whose own HTTP library raises the network-shaped builtins
+`TimeoutError`, `ConnectionError` or another `OSError` (DNS, TLS, socket errors; not the file
+ones such as `FileNotFoundError`) gets them turned into `moa.errors.TimeoutError` /
+`ProviderConnectionError` (`network_failure()`), so they are retried and fail that neuron
+only; `TypeError`, `KeyError`... still propagate as bugs.
+
 The wait before retry *n* (0-based) is `min(backoff_base * 2**n, backoff_max)`, less up to
 `jitter` of it at random (the openai-python shape). A `Retry-After` / `retry-after-ms` sent
 with a retryable failure (429, 503...) is honoured instead when it is at most
@@ -23,9 +29,10 @@ after.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -36,10 +43,18 @@ from moa.errors import (
     NeuronError,
     ProviderConnectionError,
     RateLimitError,
+    redact,
 )
 from moa.errors import TimeoutError as NeuronTimeout
 
-__all__ = ["NEVER_RETRIED_STATUS", "RETRYABLE_STATUS", "RetryPolicy", "Retrying", "is_retryable"]
+__all__ = [
+    "NEVER_RETRIED_STATUS",
+    "RETRYABLE_STATUS",
+    "RetryPolicy",
+    "Retrying",
+    "is_retryable",
+    "network_failure",
+]
 
 logger = logging.getLogger("moa")
 
@@ -64,6 +79,32 @@ def is_retryable(error: BaseException) -> bool:
     if isinstance(error, (RateLimitError, NeuronTimeout, ProviderConnectionError)):
         return True
     return status is not None and (status in RETRYABLE_STATUS or 500 <= status <= 599)
+
+
+_NOT_NETWORK = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def network_failure(error: BaseException, secrets: Iterable[str | None] = ()) -> NeuronError | None:
+    """The `NeuronError` a network-shaped builtin exception stands for (builtin `TimeoutError`
+    -> `moa.errors.TimeoutError`; `ConnectionError` and other non-file `OSError`s ->
+    `ProviderConnectionError`), its text redacted of `secrets`; None for anything else.
+    A `NeuronError` is returned as is."""
+    if isinstance(error, NeuronError):
+        return error
+    if not isinstance(error, OSError) or isinstance(error, _NOT_NETWORK):
+        return None
+    text = redact(
+        f"{type(error).__name__}: {error}" if str(error) else type(error).__name__, secrets
+    )
+    if isinstance(error, builtins.TimeoutError):
+        return NeuronTimeout(f"timed out: {text}")
+    return ProviderConnectionError(f"connection failed: {text}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +144,7 @@ class Retrying:
     cancelled and counts as a `moa.errors.TimeoutError`. `on_error` sees each failure first.
     """
 
-    __slots__ = ("attempts", "errors", "on_error", "policy", "timeout")
+    __slots__ = ("attempts", "errors", "on_error", "policy", "secrets", "timeout")
 
     def __init__(
         self,
@@ -111,10 +152,13 @@ class Retrying:
         timeout: float | None = None,
         *,
         on_error: Callable[[NeuronError], None] | None = None,
+        secrets: Callable[[], Iterable[str | None]] | None = None,
     ) -> None:
         self.policy = policy
         self.timeout = timeout
         self.on_error = on_error  # e.g. to stamp the neuron's path on an error before it is logged
+        # the values to redact from network errors turned into NeuronErrors (read when needed)
+        self.secrets = secrets
         self.attempts = 0
         self.errors: list[NeuronError] = []
 
@@ -150,24 +194,40 @@ class Retrying:
             break
         try:
             yield first
-            async for item in iterator:
+            while True:
+                failure: NeuronError | None = None
+                try:
+                    item = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                except OSError as exc:
+                    failure = network_failure(exc, self.secrets() if self.secrets else ())
+                    if failure is None:
+                        raise
+                if failure is not None:
+                    raise failure  # outside the except block: no chain into the neuron's frames
                 yield item
         finally:
             await _aclose(iterator)
 
     async def _bounded(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
-        if self.timeout is None:
-            return await attempt()
         scope = asyncio.timeout(self.timeout)
         try:
             async with scope:
                 return await attempt()
-        except TimeoutError as exc:  # the builtin, raised by the scope (or by the attempt)
-            if not scope.expired() or isinstance(exc, NeuronError):
+        except NeuronError:
+            raise
+        except OSError as exc:  # builtin TimeoutError (the scope's or the attempt's), network
+            failure = (
+                NeuronTimeout(f"no answer within {self.timeout:g} s")
+                if scope.expired()
+                else network_failure(exc, self.secrets() if self.secrets else ())
+            )
+            if failure is None:
                 raise
         # Raised outside the except block: no __context__ chain into the cancelled call's
         # frames (whose locals may hold request details).
-        raise NeuronTimeout(f"no answer within {self.timeout:g} s")
+        raise failure
 
     async def _before_retry(self, error: NeuronError) -> None:
         """Record `error`; sleep before the next attempt, or raise `error` if there is none."""

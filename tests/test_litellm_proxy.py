@@ -25,7 +25,9 @@ from tests.conftest import CANARY_KEY, EXAMPLES, ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SECTION = README.split("### From litellm", 1)[1].split("\n## ", 1)[0]
-MISSING = [m for m in ("fastapi", "backoff", "apscheduler", "openai") if not importlib.util.find_spec(m)]
+MISSING = [
+    m for m in ("fastapi", "backoff", "apscheduler", "openai") if not importlib.util.find_spec(m)
+]
 
 pytestmark = [
     pytest.mark.litellm_proxy,
@@ -122,9 +124,7 @@ MODELS = {
 }
 
 
-def test_readme_proxy_config_runs_the_mixture(
-    proxy: tuple[str, str], fake: FakeProvider
-) -> None:
+def test_readme_proxy_config_runs_the_mixture(proxy: tuple[str, str], fake: FakeProvider) -> None:
     from openai import AuthenticationError, OpenAI
 
     url, key = proxy

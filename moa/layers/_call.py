@@ -49,6 +49,21 @@ class CallState:
         return self._done_attempts + running
 
 
+def _retrying(neuron: Neuron, layer: str, index: int) -> Retrying:
+    """The attempts of one candidate: its policy and timeout, its errors stamped with where
+    it sits, and its declared secrets redacted from network errors moa words itself."""
+
+    def secrets() -> list[str | None]:
+        return [neuron.settings.secret(name) for name in neuron.required_secrets()]
+
+    return Retrying(
+        neuron.retry_policy,
+        neuron.timeout,
+        on_error=partial(_stamp, neuron=neuron, layer=layer, index=index),
+        secrets=secrets,
+    )
+
+
 RequestFor = Callable[[Neuron], NeuronRequest]
 """Builds the request for a neuron or one of its fallbacks (whose prompt may differ)."""
 
@@ -78,11 +93,7 @@ async def call_neuron(
     answered_by: Neuron = neuron
     try:
         for candidate in (neuron, *neuron.fallbacks):
-            retrying = state._current = Retrying(
-                candidate.retry_policy,
-                candidate.timeout,
-                on_error=partial(_stamp, neuron=candidate, layer=layer, index=index),
-            )
+            retrying = state._current = _retrying(candidate, layer, index)
             try:
                 ask = request(candidate) if callable(request) else request
                 generation = await retrying.run(partial(candidate.generate, ask))
@@ -182,11 +193,7 @@ class StreamedCall:
         answered_by: Neuron = self.neuron
         try:
             for candidate in (self.neuron, *self.neuron.fallbacks):
-                retrying = state._current = Retrying(
-                    candidate.retry_policy,
-                    candidate.timeout,
-                    on_error=partial(_stamp, neuron=candidate, layer=self.layer, index=self.index),
-                )
+                retrying = state._current = _retrying(candidate, self.layer, self.index)
                 ask = self.request(candidate) if callable(self.request) else self.request
                 try:
                     async for piece in retrying.stream(partial(candidate.stream, ask)):

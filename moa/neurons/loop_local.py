@@ -68,7 +68,7 @@ class LoopLocal(Generic[T]):
             if entry is not None:
                 return entry[0]
             made = self._factory()
-            value: T = await made if inspect.isawaitable(made) else made  # type: ignore[assignment]
+            value: T = await made if inspect.isawaitable(made) else made
             guard = self._close_at_shutdown(value)
             await guard.__anext__()  # now the loop's async-generator finaliser owns it
             self._values[loop] = (value, guard)
