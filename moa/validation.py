@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from moa.config import MoAConfig, NeuronConfig
 from moa.errors import ConfigError, MissingCredentialsError, MoAError, PluginError
 from moa.layers.aggregation import LAYER_NAME
-from moa.mixture import _build_neuron
+from moa.plugins import get_neuron_class
 from moa.settings import Settings
 
 __all__ = ["check_config", "neuron_configs"]
@@ -52,7 +52,8 @@ def check_config(
     problems: list[MoAError] = []
     for neuron_config, path in neuron_configs(config):
         try:
-            neuron = _build_neuron(neuron_config, settings, path, config, ())
+            kind = get_neuron_class(neuron_config.type)
+            neuron = kind.create(neuron_config, settings=settings, path=path)
         except MissingCredentialsError as exc:
             if check_keys:
                 problems.append(exc)

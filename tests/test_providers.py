@@ -5,7 +5,7 @@ from pydantic import SecretStr
 
 from moa import Settings
 from moa.neurons.llm import LLMConfig, load_litellm, resolve_route
-from moa.neurons.llm import _neuron as llm
+from moa.neurons.llm import _litellm as transport
 from moa.neurons.llm._providers import LITELLM_PROVIDERS, SNAPSHOT_VERSION, providers
 
 
@@ -31,7 +31,7 @@ def test_the_loaded_litellm_decides_routing(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(litellm, "provider_list", [*litellm.provider_list, "brandnewprovider"])
     assert resolve_route(config, settings).model == "brandnewprovider/some-model"
     assert resolve_route(config, settings).api_base is None
-    monkeypatch.setattr(llm, "_litellm", None)  # as before the first call loads litellm
+    monkeypatch.setattr(transport, "_litellm", None)  # as before the first call loads litellm
     assert resolve_route(config, settings).model == "openai/brandnewprovider/some-model"
 
 
