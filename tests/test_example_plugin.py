@@ -3,7 +3,10 @@ point) and run against the fake provider: every part of the plugin API it docume
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,3 +160,19 @@ def test_token_limits_and_tokenizer_feed_the_context_check(
     moa = create_moa_from_config(config(fake, context_window=8), is_file_path=False)
     assert "context window" in (moa.check_context_window() or "")
     assert create_moa_from_config(config(fake), is_file_path=False).check_context_window() is None
+
+
+def test_the_guides_testing_example_passes(chatapi: Path, tmp_path: Path) -> None:
+    """The pytest module under "Testing your plugin", run by pytest in a fresh process with
+    the plugin installed (its fixtures come from moa's pytest11 entry point)."""
+    section = GUIDE.split("## Testing your plugin", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("\n```", 1)[0]
+    (tmp_path / "test_guide_example.py").write_text(snippet)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(chatapi), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
+         "test_guide_example.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "2 passed" in done.stdout
