@@ -2,7 +2,7 @@
 neuron call going through the call cache and each item's calls timed in a ledger.
 
 Each system's raw results go to a run file `<runs_dir>/<name>-<fingerprint>.jsonl` written by
-`moa.batch.run_batch` (one whole line per item, fsynced): a killed eval resumes where it
+`moa.adapters.batch.run_batch` (one whole line per item, fsynced): a killed eval resumes where it
 stopped, and the cache covers the calls of items that were half done. Items that failed are
 run again on the next run.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import Field
 
-from moa.batch import BatchItem, run_batch
+from moa.adapters.batch import BatchItem, run_batch
 from moa.eval.cache import CallCache, instrument, ledger
 from moa.eval.data import EvalItem
 from moa.eval.systems import System
