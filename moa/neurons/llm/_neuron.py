@@ -126,15 +126,28 @@ class LLMNeuron(Neuron):
     Config = LLMConfig
     config: LLMConfig
 
-    def __init__(
-        self, config: NeuronConfig, *, settings: Settings | None = None, path: str = "neuron"
-    ) -> None:
-        super().__init__(config, settings=settings, path=path)
-        if not isinstance(config, LLMConfig):
-            raise TypeError(f"LLMNeuron needs an LLMConfig, got {type(config).__name__}")
-        self.route = resolve_route(config, self.settings, where=path)
-        self._unpriced = False
-        self._transport: Transport | None = None
+    _route: Route | None = None
+    _transport: Transport | None = None
+    _unpriced = False
+
+    def bind(self, *, settings: Settings, path: str) -> None:
+        super().bind(settings=settings, path=path)
+        # resolved now, so a missing key fails when the mixture is built
+        self._route = resolve_route(self.config, settings, where=path)
+
+    @property
+    def route(self) -> Route:
+        """Where this neuron's calls go (resolved with `settings` on first use if not bound)."""
+        if self._route is None:
+            self._route = resolve_route(self.config, self.settings, where=self.path)
+        return self._route
+
+    def _timeout(self, request: NeuronRequest) -> float:
+        """This attempt's timeout: the caller's (in the request), else the neuron's own
+        config, else the settings' (litellm's hidden 600 s default never applies)."""
+        if request.timeout is not None:
+            return request.timeout
+        return self.config.timeout or self.settings.request_timeout
 
     @property
     def fast_path(self) -> bool:
@@ -159,7 +172,7 @@ class LLMNeuron(Neuron):
     async def generate(self, request: NeuronRequest) -> Generation:
         transport = await self._ready()
         try:
-            answer = await transport.complete(request.messages, timeout_s=self.timeout)
+            answer = await transport.complete(request.messages, timeout_s=self._timeout(request))
         except NeuronError as exc:
             self._stamp(exc)
             raise
@@ -174,7 +187,7 @@ class LLMNeuron(Neuron):
         model: str | None = None
         finished = False
         try:
-            async for chunk in transport.stream(request.messages, timeout_s=self.timeout):
+            async for chunk in transport.stream(request.messages, timeout_s=self._timeout(request)):
                 usage = chunk.usage or usage
                 model = model or chunk.model
                 finished = finished or chunk.finished
