@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -27,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from moa.layers._call import CallPlan
 from moa.mixture import MixtureOfAgents
 from moa.neurons.base import Generation, Neuron, NeuronRequest, Tokenizer, TokenLimits
 from moa.result import Usage
@@ -149,15 +151,11 @@ class CachedNeuron(Neuron):
     miss only, so a fully cached run loads no model) and stores the answer."""
 
     def __init__(self, inner: Neuron, cache: CallCache, sample: int) -> None:
+        super().__init__(inner.config)
+        self.bind(settings=inner.settings, path=inner.path)
         self.inner = inner
         self.cache = cache
         self.sample = sample
-        self.config = inner.config
-        self.settings = inner.settings
-        self.path = inner.path
-        self.timeout = inner.timeout
-        self.retry_policy = inner.retry_policy
-        self.fallbacks = tuple(CachedNeuron(f, cache, sample) for f in inner.fallbacks)
         self._prepared = False
         self._prepare_lock: asyncio.Lock | None = None
 
@@ -221,16 +219,25 @@ def _samples(neurons: tuple[Neuron, ...]) -> list[int]:
     return ranks
 
 
+def _cached(plan: CallPlan, cache: CallCache, sample: int) -> CallPlan:
+    """The plan with its neuron and its fallbacks' neurons answering through `cache`."""
+    return dataclasses.replace(
+        plan,
+        neuron=CachedNeuron(plan.neuron, cache, sample),
+        fallbacks=tuple(_cached(f, cache, sample) for f in plan.fallbacks),
+    )
+
+
 def instrument(moa: MixtureOfAgents, cache: CallCache) -> MixtureOfAgents:
     """Route every neuron call of `moa` through `cache` (in place; returns `moa`). The `vote`
     aggregator calls no model and is left alone."""
     if moa.annotator is not None:
-        moa.annotator.neuron = CachedNeuron(moa.annotator.neuron, cache, 0)
+        moa.annotator.plan = _cached(moa.annotator.plan, cache, 0)
     for layer in moa.layers:
         ranks = _samples(layer.neurons)
-        layer.neurons = tuple(
-            CachedNeuron(n, cache, rank) for n, rank in zip(layer.neurons, ranks, strict=True)
+        layer.plans = tuple(
+            _cached(plan, cache, rank) for plan, rank in zip(layer.plans, ranks, strict=True)
         )
     if moa.aggregation.neuron.config.type != "vote":
-        moa.aggregation.neuron = CachedNeuron(moa.aggregation.neuron, cache, 0)
+        moa.aggregation.plan = _cached(moa.aggregation.plan, cache, 0)
     return moa
