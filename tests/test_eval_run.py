@@ -128,7 +128,7 @@ def test_a_rerun_makes_zero_upstream_calls(setup: Path, fake: FakeProvider) -> N
             k: v for k, v in b.items() if k not in timing
         }
         for key in timing:
-            assert a[key] == pytest.approx(b[key], abs=0.005)
+            assert a[key] == pytest.approx(b[key], abs=0.1)
 
 
 def test_no_cache_calls_again_and_keeps_nothing(setup: Path, fake: FakeProvider) -> None:
@@ -205,7 +205,7 @@ def test_a_killed_eval_resumes_without_calling_anything_twice(
                "--scorer", "number", "--json", "--no-progress", "--concurrency", "1"]  # fmt: skip
     env = dict(os.environ)
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # a busy machine starts Python slowly
     while len(fake.requests) < 20 and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
