@@ -48,7 +48,9 @@ def test_builtin_llm_is_registered_like_a_plugin() -> None:
     assert get_neuron_class("llm") is LLMNeuron
     builtin = [info for info in plugin_infos() if info.builtin]
     assert [(i.name, i.distribution, i.neuron_types) for i in builtin] == [
-        ("moa.neurons.llm", "moa-llm", ("llm",))
+        ("moa.eval.builtins", "moa-llm", ()),  # scorers and datasets of `moa eval`
+        ("moa.neurons.llm", "moa-llm", ("llm",)),
+        ("moa.neurons.vote", "moa-llm", ("vote",)),
     ]
 
 
@@ -92,8 +94,10 @@ def test_allowlist_can_exclude_installed_plugins(
 ) -> None:
     monkeypatch.setenv("MOA_LOAD_PLUGINS", "")
     reload_plugins()
-    assert set(neuron_types()) == {"llm"}
-    with pytest.raises(ConfigError, match="unknown neuron type 'echo'; installed types: llm") as e:
+    assert set(neuron_types()) == {"llm", "vote"}  # built-ins always load
+    with pytest.raises(
+        ConfigError, match="unknown neuron type 'echo'; installed types: llm, vote"
+    ) as e:
         load_config(
             {
                 "proposal_layers": [{"neurons": [{"type": "echo"}]}],
@@ -114,7 +118,7 @@ def test_allowlist_can_exclude_installed_plugins(
     ).items()
     monkeypatch.setenv("MOA_LOAD_PLUGINS", "moa-echo")
     reload_plugins()
-    assert set(neuron_types()) == {"llm", "echo"}
+    assert set(neuron_types()) == {"llm", "vote", "echo"}
 
 
 class Upper(Neuron):
