@@ -57,6 +57,7 @@ from moa.neurons.base import (
     Tokenizer,
     TokenLimits,
 )
+from moa.neurons.loop_local import LoopLocal
 from moa.result import LayerResult, MoAResult, NeuronResult, Truncation, Usage
 from moa.settings import Settings
 
@@ -75,6 +76,7 @@ __all__ = [
     "LayerFinished",
     "LayerResult",
     "LayerStarted",
+    "LoopLocal",
     "MissingCredentialsError",
     "MixtureOfAgents",
     "MoAConfig",

@@ -39,23 +39,27 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "moa"
-DEFAULT_PLUGINS: tuple[str, ...] = ("moa.neurons.llm",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("moa.neurons.llm", "moa.neurons.vote", "moa.eval.builtins")
 
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """One registered plugin: its name, where it came from and the neuron types it adds."""
+    """One plugin: its name, where it came from and the neuron types it adds. A plugin
+    installed but left out by `MOA_LOAD_PLUGINS` has `enabled=False` (and no types: it was
+    not imported)."""
 
     name: str
     distribution: str | None
     version: str | None
     neuron_types: tuple[str, ...]
     builtin: bool
+    enabled: bool = True
 
 
 _lock = threading.RLock()
 _manager: pluggy.PluginManager | None = None
 _dists: dict[str, tuple[str | None, str | None]] = {}
+_disabled: dict[str, tuple[str | None, str | None]] = {}  # installed, not in MOA_LOAD_PLUGINS
 _types: dict[str, type[Neuron]] | None = None
 _presets: dict[str, Path] | None = None
 _origins: dict[str, str] = {}
@@ -90,6 +94,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         dist = ep.dist.name if ep.dist is not None else None
         version = ep.dist.version if ep.dist is not None else None
         if allowed is not None and ep.name not in allowed and dist not in allowed:
+            _disabled[ep.name] = (dist, version)
             continue
         if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
             continue
@@ -110,7 +115,8 @@ def _check(pm: pluggy.PluginManager) -> None:
     except pluggy.PluginValidationError as exc:
         raise PluginError(
             f"plugin {exc.plugin!r} implements a hook moa does not define "
-            f"(known hooks: register_neurons, register_presets): {exc}"
+            "(known hooks: register_datasets, register_neurons, register_presets, "
+            f"register_scorers): {exc}"
         ) from exc
 
 
@@ -196,7 +202,17 @@ def get_neuron_class(type_name: str) -> type[Neuron]:
         return types[type_name]
     except KeyError:
         known = ", ".join(sorted(types)) or "none"
-        raise PluginError(f"unknown neuron type {type_name!r}; installed types: {known}") from None
+        message = f"unknown neuron type {type_name!r}; installed types: {known}"
+        with _lock:
+            disabled = sorted(_disabled)
+        if disabled:
+            load = ",".join([*sorted(_allowlist() or ()), disabled[0]])
+            message += (
+                f"; installed but not loaded, left out by MOA_LOAD_PLUGINS="
+                f"{os.environ.get('MOA_LOAD_PLUGINS', '')!r}: {', '.join(disabled)}. Load one "
+                f"with MOA_LOAD_PLUGINS={load}, or unset MOA_LOAD_PLUGINS to load them all"
+            )
+        raise PluginError(message) from None
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:
@@ -238,7 +254,9 @@ def plugin_infos() -> list[PluginInfo]:
             dist, version = "moa-llm", _own_version()
         owned = tuple(sorted(t for t in types if _origins.get(t) == name))
         infos.append(PluginInfo(name, dist, version, owned, builtin))
-    return sorted(infos, key=lambda info: (not info.builtin, info.name))
+    for name, (dist, version) in list(_disabled.items()):
+        infos.append(PluginInfo(name, dist, version, (), builtin=False, enabled=False))
+    return sorted(infos, key=lambda info: (not info.builtin, not info.enabled, info.name))
 
 
 def _own_version() -> str | None:
@@ -256,4 +274,5 @@ def reload_plugins() -> None:
         _manager = None
         _types = _presets = None
         _dists.clear()
+        _disabled.clear()
         _origins.clear()

@@ -9,6 +9,12 @@ their own retries turned off, so there is exactly one retry layer):
 - never retried: 400 / 401 / 403 / 404 / 422, `AuthenticationError`, `InvalidResponseError`
   (a 2xx with unusable content), and anything that is not a `NeuronError` (a bug propagates).
 
+A neuron (a plugin's, typically) whose own HTTP library raises the network-shaped builtins
+`TimeoutError`, `ConnectionError` or another `OSError` (DNS, TLS, socket errors; not the file
+ones such as `FileNotFoundError`) gets them turned into `moa.errors.TimeoutError` /
+`ProviderConnectionError` (`network_failure()`), so they are retried and fail that neuron
+only; `TypeError`, `KeyError`... still propagate as bugs.
+
 The wait before retry *n* (0-based) is `min(backoff_base * 2**n, backoff_max)`, less up to
 `jitter` of it at random (the openai-python shape). A `Retry-After` / `retry-after-ms` sent
 with a retryable failure (429, 503...) is honoured instead when it is at most
@@ -25,9 +31,10 @@ without sending content cannot hold a call open.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -38,6 +45,7 @@ from moa.errors import (
     NeuronError,
     ProviderConnectionError,
     RateLimitError,
+    redact,
 )
 from moa.errors import TimeoutError as NeuronTimeout
 
@@ -48,6 +56,7 @@ __all__ = [
     "Retrying",
     "StreamLimits",
     "is_retryable",
+    "network_failure",
 ]
 
 logger = logging.getLogger("moa")
@@ -73,6 +82,32 @@ def is_retryable(error: BaseException) -> bool:
     if isinstance(error, (RateLimitError, NeuronTimeout, ProviderConnectionError)):
         return True
     return status is not None and (status in RETRYABLE_STATUS or 500 <= status <= 599)
+
+
+_NOT_NETWORK = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def network_failure(error: BaseException, secrets: Iterable[str | None] = ()) -> NeuronError | None:
+    """The `NeuronError` a network-shaped builtin exception stands for (builtin `TimeoutError`
+    -> `moa.errors.TimeoutError`; `ConnectionError` and other non-file `OSError`s ->
+    `ProviderConnectionError`), its text redacted of `secrets`; None for anything else.
+    A `NeuronError` is returned as is."""
+    if isinstance(error, NeuronError):
+        return error
+    if not isinstance(error, OSError) or isinstance(error, _NOT_NETWORK):
+        return None
+    text = redact(
+        f"{type(error).__name__}: {error}" if str(error) else type(error).__name__, secrets
+    )
+    if isinstance(error, builtins.TimeoutError):
+        return NeuronTimeout(f"timed out: {text}")
+    return ProviderConnectionError(f"connection failed: {text}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +156,7 @@ class Retrying:
     cancelled and counts as a `moa.errors.TimeoutError`. `on_error` sees each failure first.
     """
 
-    __slots__ = ("attempts", "errors", "on_error", "policy", "stream_limits", "timeout")
+    __slots__ = ("attempts", "errors", "on_error", "policy", "secrets", "stream_limits", "timeout")
 
     def __init__(
         self,
@@ -130,11 +165,14 @@ class Retrying:
         *,
         on_error: Callable[[NeuronError], None] | None = None,
         stream_limits: StreamLimits | None = None,
+        secrets: Callable[[], Iterable[str | None]] | None = None,
     ) -> None:
         self.policy = policy
         self.timeout = timeout
         self.stream_limits = stream_limits if stream_limits is not None else StreamLimits()
         self.on_error = on_error  # e.g. to stamp the neuron's path on an error before it is logged
+        # the values to redact from network errors turned into NeuronErrors (read when needed)
+        self.secrets = secrets
         self.attempts = 0
         self.errors: list[NeuronError] = []
 
@@ -205,18 +243,23 @@ class Retrying:
         """`attempt()` within `limit` seconds (default: the timeout), else a TimeoutError
         saying `reason` (default: no answer within the timeout)."""
         limit = self.timeout if limit is None else limit
-        if limit is None:
-            return await attempt()
         scope = asyncio.timeout(limit)
         try:
             async with scope:
                 return await attempt()
-        except TimeoutError as exc:  # the builtin, raised by the scope (or by the attempt)
-            if not scope.expired() or isinstance(exc, NeuronError):
+        except NeuronError:
+            raise
+        except OSError as exc:  # builtin TimeoutError (the scope's or the attempt's), network
+            failure = (
+                NeuronTimeout(reason or f"no answer within {limit:g} s")
+                if scope.expired() and limit is not None
+                else network_failure(exc, self.secrets() if self.secrets else ())
+            )
+            if failure is None:
                 raise
         # Raised outside the except block: no __context__ chain into the cancelled call's
         # frames (whose locals may hold request details).
-        raise NeuronTimeout(reason or f"no answer within {limit:g} s")
+        raise failure
 
     async def _before_retry(self, error: NeuronError) -> None:
         """Record `error`; sleep before the next attempt, or raise `error` if there is none."""

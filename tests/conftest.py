@@ -4,6 +4,7 @@ with no provider variables set, so nothing from the developer's machine leaks in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import subprocess
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 ECHO_PLUGIN = Path(__file__).parent / "plugins" / "moa-echo"
 
-__all__ = ["CANARY_KEY", "EXAMPLES", "ROOT", "moa_frame_locals", "wait_until"]
+__all__ = ["CANARY_KEY", "EXAMPLES", "ROOT", "installed", "moa_frame_locals", "wait_until"]
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:
@@ -100,27 +101,17 @@ def build(moa_settings: Settings) -> Callable[..., MixtureOfAgents]:
     return _build
 
 
-@pytest.fixture(scope="session")
-def echo_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Build and install tests/plugins/moa-echo for real (pip, dist-info, entry point) into
-    a private directory put on sys.path for this session."""
-    target = tmp_path_factory.mktemp("site-packages")
+@contextlib.contextmanager
+def installed(source: Path, target: Path, module: str) -> Iterator[Path]:
+    """Build and install the distribution at `source` for real (pip, dist-info, entry
+    point) into `target`, put on sys.path while the block runs; plugins are reloaded."""
     subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(ECHO_PLUGIN),
+            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+            "--no-build-isolation", "--no-index", "--target", str(target), str(source),
         ],
         check=True,
-    )
+    )  # fmt: skip
     sys.path.insert(0, str(target))
     importlib.invalidate_caches()
     reload_plugins()
@@ -129,5 +120,12 @@ def echo_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     finally:
         sys.path.remove(str(target))
         importlib.invalidate_caches()
-        sys.modules.pop("moa_echo", None)
+        sys.modules.pop(module, None)
         reload_plugins()
+
+
+@pytest.fixture(scope="session")
+def echo_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """tests/plugins/moa-echo, installed for real into a private directory for this session."""
+    with installed(ECHO_PLUGIN, tmp_path_factory.mktemp("site-packages"), "moa_echo") as target:
+        yield target

@@ -275,6 +275,7 @@ def test_plugins_lists_name_version_source_and_types(shout_plugin: None) -> None
         "version": moa.__version__,
         "source": "built-in",
         "types": ["llm"],
+        "enabled": True,
     }
     assert rows["shout-plugin"]["source"] == "registered in code"
     assert rows["shout-plugin"]["types"] == ["shout"]

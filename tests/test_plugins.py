@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
 import pytest
+from click.testing import CliRunner
 
 from moa import (
     ConfigError,
@@ -19,6 +21,7 @@ from moa import (
     hookimpl,
     load_config,
 )
+from moa.cli import cli
 from moa.plugins import (
     get_neuron_class,
     neuron_types,
@@ -45,7 +48,9 @@ def test_builtin_llm_is_registered_like_a_plugin() -> None:
     assert get_neuron_class("llm") is LLMNeuron
     builtin = [info for info in plugin_infos() if info.builtin]
     assert [(i.name, i.distribution, i.neuron_types) for i in builtin] == [
-        ("moa.neurons.llm", "moa-llm", ("llm",))
+        ("moa.eval.builtins", "moa-llm", ()),  # scorers and datasets of `moa eval`
+        ("moa.neurons.llm", "moa-llm", ("llm",)),
+        ("moa.neurons.vote", "moa-llm", ("vote",)),
     ]
 
 
@@ -89,17 +94,31 @@ def test_allowlist_can_exclude_installed_plugins(
 ) -> None:
     monkeypatch.setenv("MOA_LOAD_PLUGINS", "")
     reload_plugins()
-    assert set(neuron_types()) == {"llm"}
-    with pytest.raises(ConfigError, match="unknown neuron type 'echo'; installed types: llm"):
+    assert set(neuron_types()) == {"llm", "vote"}  # built-ins always load
+    with pytest.raises(
+        ConfigError, match="unknown neuron type 'echo'; installed types: llm, vote"
+    ) as e:
         load_config(
             {
                 "proposal_layers": [{"neurons": [{"type": "echo"}]}],
                 "aggregation_layer": {"model": "m"},
             }
         )
+    # it says the plugin is there but not loaded, and how to load it
+    assert "installed but not loaded, left out by MOA_LOAD_PLUGINS='': echo" in str(e.value)
+    assert "Load one with MOA_LOAD_PLUGINS=echo, or unset MOA_LOAD_PLUGINS" in str(e.value)
+    (info,) = [i for i in plugin_infos() if i.name == "echo"]
+    assert (info.enabled, info.distribution, info.neuron_types) == (False, "moa-echo", ())
+    listed = CliRunner().invoke(cli, ["plugins"])
+    assert "disabled (not in MOA_LOAD_PLUGINS)" in listed.output
+    assert {"name": "echo", "enabled": False}.items() <= next(
+        r
+        for r in json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+        if r["name"] == "echo"
+    ).items()
     monkeypatch.setenv("MOA_LOAD_PLUGINS", "moa-echo")
     reload_plugins()
-    assert set(neuron_types()) == {"llm", "echo"}
+    assert set(neuron_types()) == {"llm", "vote", "echo"}
 
 
 class Upper(Neuron):

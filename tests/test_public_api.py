@@ -36,6 +36,7 @@ def test_all_is_sorted_and_complete() -> None:
             "server",
             "settings",
             "testing",
+            "validation",
         }
     )
     assert moa.__all__ == sorted(moa.__all__, key=str)

@@ -552,3 +552,62 @@ def test_ctrl_c_during_process_sync_cancels_cleanly(fake: FakeProvider, tmp_path
     assert "Task was destroyed" not in err and "never retrieved" not in err
     assert len(fake.requests) == 3
     asyncio.run(wait_until(lambda: all(r.cancelled for r in fake.requests)))
+
+
+@pytest.mark.parametrize(
+    ("raised", "error_type"),
+    [
+        (TimeoutError("read timed out"), "TimeoutError"),
+        (ConnectionResetError(104, "Connection reset by peer"), "ProviderConnectionError"),
+        (OSError(-2, "Name or service not known"), "ProviderConnectionError"),
+    ],
+)
+async def test_network_builtins_from_a_plugin_fail_that_neuron_after_retries(
+    moa_fake_neurons: Any, raised: BaseException, error_type: str
+) -> None:
+    """A plugin whose HTTP library raises builtin network exceptions: retried, then that
+    neuron is left out; the secret it declares never shows in the recorded error."""
+    from moa import create_moa_from_config
+
+    moa = create_moa_from_config(
+        {
+            "retry": FAST_RETRY,
+            "proposal_layers": [{"neurons": [{"type": "fake", "name": "net"}, {"type": "fake"}]}],
+            "aggregation_layer": {"type": "fake", "name": "agg"},
+        },
+        is_file_path=False,
+    )
+    moa_fake_neurons["net"].enqueue(raised, raised, raised)
+    result = await moa.process("q")
+    failed = result.layers[0].neurons[0]
+    assert (failed.error_type, failed.attempts, failed.text) == (error_type, 3, None)
+    assert type(raised).__name__ in (failed.error or "")
+    assert len(moa_fake_neurons["net"].history) == 3
+
+
+@pytest.mark.parametrize("raised", [TypeError("bug"), KeyError("choices"), FileNotFoundError("x")])
+async def test_other_exceptions_from_a_plugin_propagate_as_bugs(
+    moa_fake_neurons: Any, raised: BaseException
+) -> None:
+    from moa import create_moa_from_config
+
+    moa = create_moa_from_config(
+        {
+            "retry": FAST_RETRY,
+            "proposal_layers": [{"neurons": [{"type": "fake", "name": "bug"}, {"type": "fake"}]}],
+            "aggregation_layer": {"type": "fake", "name": "agg"},
+        },
+        is_file_path=False,
+    )
+    moa_fake_neurons["bug"].enqueue(raised)
+    with pytest.raises(type(raised)):
+        await moa.process("q")
+    assert len(moa_fake_neurons["bug"].history) == 1  # never retried
+
+
+def test_network_failure_redacts_declared_secrets() -> None:
+    from moa.retry import network_failure
+
+    error = network_failure(ConnectionError(f"refused for key {CANARY_KEY}"), [CANARY_KEY])
+    assert error is not None and CANARY_KEY not in str(error) and "***" in str(error)
+    assert network_failure(ValueError("x")) is None

@@ -20,17 +20,20 @@ __all__ = ["plugins", "schema", "validate"]
     "--check-keys", is_flag=True, help="Also check that every API key the mixture needs is set."
 )
 def validate(configs: tuple[Path, ...], check_keys: bool) -> None:
-    """Check CONFIGS without calling any model (exit 2 and the reasons when one is invalid)."""
+    """Check CONFIGS without calling any model: the schema, then every neuron is built as a
+    run builds it (exit 2 and the reasons when one is invalid)."""
+    from moa.validation import check_config
+
     failed = False
     for path in configs:
         try:
-            config = load_config(path, is_file_path=True)
-            if check_keys:
-                from moa.mixture import MixtureOfAgents
-
-                MixtureOfAgents(config)
+            config = load_config(path, is_file_path=True)  # its errors name the file
+            problems = [f"{path}: {p}" for p in check_config(config, check_keys=check_keys)]
         except (ConfigError, PluginError) as exc:
-            click.echo(f"Error: {exc}", err=True)
+            problems = [str(exc)]
+        for problem in problems:
+            click.echo(f"Error: {problem}", err=True)
+        if problems:
             failed = True
             continue
         neurons = sum(len(layer.neurons) for layer in config.proposal_layers)
@@ -51,7 +54,8 @@ def schema() -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins(as_json: bool) -> None:
-    """List installed plugins and the neuron types they add."""
+    """List installed plugins and the neuron types they add (disabled: installed, but left
+    out by MOA_LOAD_PLUGINS)."""
     from moa.plugins import plugin_infos
 
     rows: list[dict[str, Any]] = [
@@ -60,6 +64,7 @@ def plugins(as_json: bool) -> None:
             "version": info.version,
             "source": "built-in" if info.builtin else (info.distribution or "registered in code"),
             "types": list(info.neuron_types),
+            "enabled": info.enabled,
         }
         for info in plugin_infos()
     ]
@@ -71,7 +76,10 @@ def plugins(as_json: bool) -> None:
 
     table = Table("name", "version", "source", "neuron types")
     for r in rows:
-        table.add_row(r["name"], r["version"] or "-", r["source"], ", ".join(r["types"]) or "-")
+        types = ", ".join(r["types"]) or "-"
+        if not r["enabled"]:
+            types = "disabled (not in MOA_LOAD_PLUGINS)"
+        table.add_row(r["name"], r["version"] or "-", r["source"], types)
     console = Console(highlight=False)
     if not console.is_terminal:
         console.width = max(console.width, 160)

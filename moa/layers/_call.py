@@ -84,6 +84,12 @@ RequestFor = Callable[[Neuron], NeuronRequest]
 """Builds the request for a neuron or one of its fallbacks (whose prompt may differ)."""
 
 
+def _secrets(neuron: Neuron) -> Callable[[], list[str | None]]:
+    """The values of the keys `neuron` declares, read only when a network error needs them
+    redacted (`Retrying` words those errors itself)."""
+    return lambda: [neuron.settings.secret(name) for name in neuron.required_secrets()]
+
+
 async def attempt(
     plan: CallPlan, request: NeuronRequest, *, stream: bool
 ) -> AsyncIterator[str | Generation]:
@@ -127,6 +133,7 @@ async def attempts(
             candidate.timeout,
             on_error=stamp,
             stream_limits=candidate.stream_limits,
+            secrets=_secrets(candidate.neuron),
         )
         generation: Generation | None = None
         try:

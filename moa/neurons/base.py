@@ -223,6 +223,13 @@ class Neuron(ABC):
         yield generation.text
         yield generation
 
+    def required_secrets(self) -> Sequence[str]:
+        """Names of the variables (environment, `.env.local`, `.env`) holding the keys this
+        neuron needs, read with `self.settings.secret(name)`. `moa validate --check-keys`
+        reports each one that is unset, and moa redacts their values from the network
+        errors it words itself. Default: none."""
+        return ()
+
     def tokenizer(self) -> Tokenizer | None:
         """The tokenizer of this neuron's model, for context budgets; None (the default)
         falls back to `WordTokenizer`. May block: called in a worker thread."""

@@ -55,6 +55,10 @@ def load_litellm() -> ModuleType:
 
             litellm.suppress_debug_info = True
             litellm.telemetry = False
+            if os.environ["LITELLM_OFFLINE_MODE"].strip().lower() == "true":
+                # litellm releases without offline mode (before ~1.110) would still download
+                # Hugging Face tokenizers (llama-3...) for token counts: count with tiktoken
+                litellm.disable_hf_tokenizer_download = True
             for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
                 lite_logger = logging.getLogger(name)
                 for handler in list(lite_logger.handlers):
@@ -270,5 +274,15 @@ def reason(exc: BaseException) -> str:
 
 
 def retry_after_of(exc: BaseException) -> float | None:
-    """The Retry-After of the HTTP response an exception carries, if any."""
-    return retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
+    """The Retry-After of the HTTP response an exception (or one it was raised from) carries,
+    if any: on its `response`, or in `litellm_response_headers`, where litellm releases
+    before ~1.108 keep it (their `response` is a stand-in without the upstream headers)."""
+    for error in _causes(exc):
+        for headers in (
+            getattr(getattr(error, "response", None), "headers", None),
+            getattr(error, "litellm_response_headers", None),
+        ):
+            seconds = retry_after_seconds(headers)
+            if seconds is not None:
+                return seconds
+    return None

@@ -21,9 +21,10 @@ from moa._runner import to_thread
 from moa.config._models import NeuronConfig
 from moa.errors import InvalidResponseError, MissingCredentialsError, NeuronError
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, TokenLimits
+from moa.neurons.llm import _litellm as _litellm_transport
 from moa.neurons.llm._direct import DirectTransport, plan_fast_path
 from moa.neurons.llm._litellm import LiteLLMTransport, aload_litellm, load_litellm
-from moa.neurons.llm._providers import LITELLM_PROVIDERS
+from moa.neurons.llm._providers import providers
 from moa.neurons.llm._transport import Answer, Transport
 from moa.result import Usage
 from moa.settings import Settings
@@ -83,8 +84,9 @@ def _is_loopback(url: str) -> bool:
 
 
 def _provider_prefix(model: str) -> str | None:
+    """The litellm provider `model` names, judged by the loaded litellm if it is loaded."""
     prefix, sep, _ = model.partition("/")
-    return prefix if sep and prefix in LITELLM_PROVIDERS else None
+    return prefix if sep and prefix in providers(_litellm_transport._litellm) else None
 
 
 def resolve_route(config: LLMConfig, settings: Settings, *, where: str = "neuron") -> Route:

@@ -1,8 +1,18 @@
-"""Provider prefixes litellm routes on (`provider/model`), as of litellm 1.110.2.
+"""Provider prefixes litellm routes on (`provider/model`).
 
-A static copy so routing is decided without importing litellm; `tests/test_providers.py`
-checks it against the installed litellm, so a drift fails the suite instead of misrouting.
+`providers(litellm)` is the table routing uses: read from the installed litellm once it is
+loaded, so a newer litellm's providers route as litellm routes them; before that (building
+and validating a config never imports litellm) the static snapshot below stands in.
+`tests/test_providers.py` checks the snapshot against litellm `SNAPSHOT_VERSION`; regenerate
+it with `python -c "import litellm; print(sorted(str(getattr(p, 'value', p)) for p in
+litellm.provider_list))"` when that version moves.
 """
+
+from types import ModuleType
+
+__all__ = ["LITELLM_PROVIDERS", "SNAPSHOT_VERSION", "providers"]
+
+SNAPSHOT_VERSION = "1.110.2"
 
 LITELLM_PROVIDERS: frozenset[str] = frozenset(
     {
@@ -198,3 +208,10 @@ LITELLM_PROVIDERS: frozenset[str] = frozenset(
         "zerogpu",
     }
 )
+
+
+def providers(litellm: ModuleType | None) -> frozenset[str]:
+    """The provider prefixes of `litellm` (the loaded module), or the snapshot without one."""
+    if litellm is None:
+        return LITELLM_PROVIDERS
+    return frozenset(str(getattr(p, "value", p)) for p in litellm.provider_list)
