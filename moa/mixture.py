@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from pathlib import Path
 from typing import Any
 
+from moa import tracing
 from moa._budget import Budget, context_window_problem
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
@@ -134,6 +135,7 @@ class MixtureOfAgents:
     def __init__(self, config: MoAConfig, *, settings: Settings | None = None) -> None:
         self.config = config
         self.settings = settings if settings is not None else Settings()
+        self.name = "moa"  # gen_ai.agent.name of its runs' root spans (see moa.tracing)
         self.annotator: UserQueryAnnotator | None = None
         if config.use_annotator and config.annotator is not None:
             self.annotator = UserQueryAnnotator(
@@ -278,7 +280,15 @@ class MixtureOfAgents:
             if isinstance(event, Token):
                 yield event.text
 
-    async def _run(self, query: Query, *, stream: bool) -> AsyncIterator[MoAEvent]:
+    def _run(self, query: Query, *, stream: bool) -> AsyncIterator[MoAEvent]:
+        """The pipeline, traced when tracing is on (see `moa.tracing`)."""
+        run = tracing.start_run(self, stream=stream)
+        events = self._pipeline(query, stream=stream, run=run)
+        return events if run is tracing.NO_RUN else tracing.traced_run(run, events)
+
+    async def _pipeline(
+        self, query: Query, *, stream: bool, run: tracing.RunTrace
+    ) -> AsyncIterator[MoAEvent]:
         """The pipeline, shared by `process()` (stream=False: no per-neuron events, and the
         aggregator answers in one piece) and `stream()`."""
         origin = time.perf_counter()
@@ -290,7 +300,8 @@ class MixtureOfAgents:
         annotator_result: NeuronResult | None = None
         annotated: str | None = None
         if self.annotator is not None:
-            annotator_result, annotated = await self.annotator.annotate(history, origin=origin)
+            with run.layer("annotator", None) as span, span.active():
+                annotator_result, annotated = await self.annotator.annotate(history, origin=origin)
             if annotated is not None:
                 history = [*history[:-1], {"role": "user", "content": annotated}]
             yield AnnotatorFinished(neuron=annotator_result, annotated_query=annotated)
@@ -300,44 +311,54 @@ class MixtureOfAgents:
         references: tuple[Reference, ...] = ()
         for layer in self.layers:
             yield LayerStarted(layer=layer.name, index=layer.index)
-            if stream:
-                finished: asyncio.Queue[NeuronResult | None] = asyncio.Queue()
-                task = asyncio.ensure_future(
-                    layer.run(
-                        history, references, origin=origin, semaphore=semaphore,
-                        completed=completed, on_result=finished.put_nowait,
-                    )
-                )  # fmt: skip
-                task.add_done_callback(_closer(finished))
-                try:
-                    while (neuron := await finished.get()) is not None:
-                        yield NeuronFinished(neuron=neuron)
-                    result = task.result()
-                finally:
-                    await _cancel(task)
-            else:
-                result = await layer.run(
-                    history, references, origin=origin, semaphore=semaphore, completed=completed
-                )
+            with run.layer(layer.name, layer.index) as span:
+                if stream:
+                    finished: asyncio.Queue[NeuronResult | None] = asyncio.Queue()
+                    with span.active():  # the task keeps it, whoever resumes this generator
+                        task = asyncio.ensure_future(
+                            layer.run(
+                                history, references, origin=origin, semaphore=semaphore,
+                                completed=completed, on_result=finished.put_nowait,
+                            )
+                        )  # fmt: skip
+                    task.add_done_callback(_closer(finished))
+                    try:
+                        while (neuron := await finished.get()) is not None:
+                            yield NeuronFinished(neuron=neuron)
+                        result = task.result()
+                    finally:
+                        await _cancel(task)
+                else:
+                    with span.active():
+                        result = await layer.run(
+                            history, references, origin=origin, semaphore=semaphore,
+                            completed=completed,
+                        )  # fmt: skip
+                span.proposals(result)
             completed.append(result)
             references = references_from(result)
             yield LayerFinished(layer=result)
 
         rng = random.Random(self.config.seed) if self.config.seed is not None else random.Random()
-        aggregation = await self.aggregation.prepare(history, effective_query, references, rng)
-        yield AggregationStarted()
-        if stream:
-            aggregator: NeuronResult | None = None
-            async for piece in self.aggregation.stream(
-                aggregation, origin=origin, completed=completed
-            ):
-                if isinstance(piece, str):
-                    yield Token(text=piece)
-                else:
-                    aggregator = piece
-            assert aggregator is not None
-        else:
-            aggregator = await self.aggregation.run(aggregation, origin=origin, completed=completed)
+        with run.layer(LAYER_NAME, len(self.layers)) as span:
+            aggregation = await self.aggregation.prepare(history, effective_query, references, rng)
+            span.aggregation(aggregation, references)
+            yield AggregationStarted()
+            if stream:
+                aggregator: NeuronResult | None = None
+                async for piece in span.iterate(
+                    self.aggregation.stream(aggregation, origin=origin, completed=completed)
+                ):
+                    if isinstance(piece, str):
+                        yield Token(text=piece)
+                    else:
+                        aggregator = piece
+                assert aggregator is not None
+            else:
+                with span.active():
+                    aggregator = await self.aggregation.run(
+                        aggregation, origin=origin, completed=completed
+                    )
         calls = [*([annotator_result] if annotator_result else [])]
         for layer_result in completed:
             calls.extend(layer_result.neurons)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
+from moa import tracing
 from moa.errors import NeuronError
 from moa.errors import TimeoutError as NeuronTimeout
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Reference
@@ -90,23 +91,30 @@ async def call_neuron(
     generation: Generation | None = None
     failure: NeuronError | None = None
     answered_by: Neuron = neuron
+    scope = tracing.current()
     try:
         for candidate in (neuron, *neuron.fallbacks):
+            span = scope.call(candidate, neuron) if scope is not None else tracing.NO_CALL
             retrying = state._current = Retrying(
                 candidate.retry_policy,
                 candidate.timeout,
-                on_error=partial(_stamp, neuron=candidate, layer=layer, index=index),
+                on_error=_on_error(candidate, span, layer=layer, index=index),
             )
-            try:
-                ask = request(candidate) if callable(request) else request
-                generation = await retrying.run(partial(candidate.generate, ask))
-            except NeuronError as exc:
-                failure = exc
-                continue
-            finally:
-                state.errors.extend(retrying.errors)
-                state._done_attempts += retrying.attempts
-                state._current = None
+            with span:
+                try:
+                    ask = request(candidate) if callable(request) else request
+                    span.request(ask)
+                    with span.current():
+                        generation = await retrying.run(partial(candidate.generate, ask))
+                except NeuronError as exc:
+                    span.gave_up(exc, retrying.attempts)
+                    failure = exc
+                    continue
+                finally:
+                    state.errors.extend(retrying.errors)
+                    state._done_attempts += retrying.attempts
+                    state._current = None
+                span.answered(generation, retrying.attempts)
             answered_by, failure = candidate, None
             break
     finally:
@@ -194,35 +202,41 @@ class StreamedCall:
         first: float | None = None
         pieces: list[str] = []
         answered_by: Neuron = self.neuron
+        scope = tracing.current()
         try:
             for candidate in (self.neuron, *self.neuron.fallbacks):
+                span = scope.call(candidate, self.neuron) if scope else tracing.NO_CALL
                 retrying = state._current = Retrying(
                     candidate.retry_policy,
                     candidate.timeout,
-                    on_error=partial(_stamp, neuron=candidate, layer=self.layer, index=self.index),
+                    on_error=_on_error(candidate, span, layer=self.layer, index=self.index),
                 )
                 ask = self.request(candidate) if callable(self.request) else self.request
-                try:
-                    async for piece in retrying.stream(partial(candidate.stream, ask)):
-                        if isinstance(piece, Generation):
-                            self.generation = piece
-                            continue
-                        if first is None:
-                            first = time.perf_counter()
-                        pieces.append(piece)
-                        yield piece
-                    if self.generation is None:
-                        raise TypeError(f"{candidate!r}.stream() ended without a Generation")
-                except NeuronError as exc:
-                    _stamp(exc, neuron=candidate, layer=self.layer, index=self.index)
-                    self.failure, self.generation = exc, None
-                    if pieces:
-                        break  # text was delivered: no fallback may continue it
-                    continue
-                finally:
-                    state.errors.extend(retrying.errors)
-                    state._done_attempts += retrying.attempts
-                    state._current = None
+                span.request(ask)
+                with span:
+                    try:
+                        async for piece in retrying.stream(partial(candidate.stream, ask)):
+                            if isinstance(piece, Generation):
+                                self.generation = piece
+                                continue
+                            if first is None:
+                                first = time.perf_counter()
+                            pieces.append(piece)
+                            yield piece
+                        if self.generation is None:
+                            raise TypeError(f"{candidate!r}.stream() ended without a Generation")
+                    except NeuronError as exc:
+                        _stamp(exc, neuron=candidate, layer=self.layer, index=self.index)
+                        span.gave_up(exc, retrying.attempts)
+                        self.failure, self.generation = exc, None
+                        if pieces:
+                            break  # text was delivered: no fallback may continue it
+                        continue
+                    finally:
+                        state.errors.extend(retrying.errors)
+                        state._done_attempts += retrying.attempts
+                        state._current = None
+                    span.answered(self.generation, retrying.attempts)
                 answered_by, self.failure = candidate, None
                 break
         finally:
@@ -232,6 +246,23 @@ class StreamedCall:
             start=start, end=time.perf_counter(), generation=self.generation,
             failure=self.failure, answered_by=answered_by, first_token=first,
         )  # fmt: skip
+
+
+def _on_error(
+    neuron: Neuron, span: tracing.CallTrace, *, layer: str, index: int
+) -> Callable[[NeuronError], None]:
+    """What `Retrying` does with each failed attempt: stamp it, then trace it."""
+    if span is tracing.NO_CALL:
+        return partial(_stamp, neuron=neuron, layer=layer, index=index)
+    attempt = 0
+
+    def on_error(error: NeuronError) -> None:
+        nonlocal attempt
+        attempt += 1
+        _stamp(error, neuron=neuron, layer=layer, index=index)
+        span.attempt_failed(error, attempt)
+
+    return on_error
 
 
 def _stamp(error: NeuronError, *, neuron: Neuron, layer: str, index: int) -> None:
