@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
@@ -31,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from moa import tracing
 from moa._streaming import events
 from moa._wire import wire_error
 from moa.errors import MoAError
@@ -111,9 +113,12 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
     return messages
 
 
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (and every call it made) if the client disconnects."""
-    task = asyncio.ensure_future(work)
+async def _until_disconnect(
+    request: Request, work: Coroutine[Any, Any, T], context: contextvars.Context | None = None
+) -> T:
+    """Await `work` (in `context`, if given), cancelling it (and every call it made) if the
+    client disconnects."""
+    task = asyncio.get_running_loop().create_task(work, context=context)
 
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -207,8 +212,10 @@ def create_app(
             "system_fingerprint": None,
         }
         upstream = events(served[name], messages)
+        # a W3C traceparent sent by the client is the parent of the run's spans
+        parent = tracing.continuing(request.headers, served[name].settings)
         if not stream:
-            result = await _until_disconnect(request, _result(upstream))
+            result = await _until_disconnect(request, _result(upstream), parent)
             return JSONResponse(
                 {
                     "id": header["id"],
@@ -233,7 +240,7 @@ def create_app(
             )
         # Wait for the first piece of the answer before sending headers, so that a run that
         # fails early still gets a proper HTTP status.
-        first = await _until_disconnect(request, _first(upstream))
+        first = await _until_disconnect(request, _first(upstream), parent)
         include_usage = bool(options.get("include_usage"))
         return StreamingResponse(
             _sse(upstream, first, header, include_usage),

@@ -4,11 +4,15 @@ content, no key in any attribute, context propagation, and nothing imported when
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -256,6 +260,34 @@ async def test_the_callers_active_span_is_the_parent(
     assert root.parent is not None and root.parent.span_id == outer.get_span_context().span_id
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_the_server_continues_a_received_traceparent(
+    fake: FakeProvider, moa_settings: Settings, spans: InMemorySpanExporter, stream: bool
+) -> None:
+    import httpx
+
+    from moa.server import create_app
+    from tests.test_server import ServerThread
+
+    mixture = MixtureOfAgents.from_config(TWO_LAYERS, settings=moa_settings)
+    trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    headers = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
+    body = {"model": "mix", "messages": [{"role": "user", "content": "q"}], "stream": stream}
+    with ServerThread(create_app({"mix": mixture})) as server:
+        reply = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers)
+        assert reply.status_code == 200
+        untraced = httpx.post(f"{server.url}/v1/chat/completions", json=body)
+        assert untraced.status_code == 200
+    roots = [s for s in spans.get_finished_spans() if s.name == "invoke_agent moa"]
+    assert len(roots) == 2
+    continued = [r for r in roots if r.parent is not None]
+    assert len(continued) == 1 and continued[0].parent is not None
+    assert continued[0].parent.is_remote and continued[0].parent.span_id == int(parent_id, 16)
+    assert format(continued[0].context.trace_id, "032x") == trace_id
+    in_trace = [s for s in spans.get_finished_spans() if s.context.trace_id == int(trace_id, 16)]
+    assert len(in_trace) == 1 + 4 + 6  # root, 4 layers, one call per neuron
+
+
 async def test_tracing_off_records_nothing(
     fake: FakeProvider, build: Build, spans: InMemorySpanExporter
 ) -> None:
@@ -275,8 +307,6 @@ def _everything(finished: Sequence[ReadableSpan]) -> str:
 
 
 def _run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
@@ -338,3 +368,78 @@ def test_settings_read_tracing_from_the_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MOA_TRACE_CONTENT", "true")
     settings = Settings()
     assert settings.tracing == "off" and settings.trace_content is True
+
+
+class _Collector(http.server.ThreadingHTTPServer):
+    """A loopback OTLP/HTTP collector that keeps every export request it receives."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                collector.bodies.append(self.rfile.read(length))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def spans(self) -> list[Any]:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        found = []
+        for body in self.bodies:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            for resource_spans in request.resource_spans:
+                service = {
+                    a.key: a.value.string_value for a in resource_spans.resource.attributes
+                }.get("service.name")
+                for scope_spans in resource_spans.scope_spans:
+                    found.extend((service, span) for span in scope_spans.spans)
+        return found
+
+
+def test_moa_run_sends_spans_to_an_otlp_collector_with_two_variables(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """README, "Tracing": OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME are all it takes."""
+    config = tmp_path / "moa.yaml"
+    config.write_text(json.dumps(TWO_LAYERS))
+    (tmp_path / ".env.local").write_text(
+        f"PROVIDER_API_KEY={CANARY_KEY}\nBASE_URL={fake.base_url}\n"
+    )
+    collector = _Collector()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MOA_"))}
+        env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_SERVICE_NAME": "my-moa"}
+        done = subprocess.run(
+            [sys.executable, "-m", "moa", "run", "Why?", "-c", str(config), "--no-stream"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "answer from m/AGG"
+        spans = collector.spans()
+    finally:
+        collector.shutdown()
+        collector.server_close()
+    names = sorted(span.name for _, span in spans)
+    assert names.count("invoke_agent moa") == 1 and names.count("chat m/A") == 1
+    assert len(names) == 1 + 4 + 6
+    assert {service for service, _ in spans} == {"my-moa"}
+    assert not any(CANARY_KEY.encode() in body for body in collector.bodies)

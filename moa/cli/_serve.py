@@ -46,6 +46,8 @@ def serve(configs: tuple[str, ...], host: str, port: int) -> None:
     if not sources:
         sources["moa"] = config_source(None)
     mixtures = {name: build(source) for name, source in sources.items()}
+    for name, mixture in mixtures.items():
+        mixture.name = name  # gen_ai.agent.name of its spans
     api_key = os.environ.get("MOA_SERVER_API_KEY") or None
     app = create_app(mixtures, api_key=api_key)
     auth = "bearer token required" if api_key else "no auth"

@@ -26,8 +26,9 @@ Prompt and answer text are recorded only with `MOA_TRACE_CONTENT=true`, as a
 
 from __future__ import annotations
 
+import contextvars
 import functools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,6 +50,7 @@ __all__ = [
     "CallTrace",
     "LayerTrace",
     "RunTrace",
+    "continuing",
     "current",
     "reset",
     "start_run",
@@ -215,3 +217,16 @@ def _tracing(mode: str, capture_content: bool) -> Any:
 def tracing_enabled(settings: Settings) -> bool:
     """Whether runs with `settings` emit spans (imports OpenTelemetry if it is installed)."""
     return _tracing(settings.tracing, settings.trace_content) is not None
+
+
+def continuing(headers: Mapping[str, str], settings: Settings) -> contextvars.Context | None:
+    """A copy of the current context in which the W3C `traceparent` (and `tracestate`) of
+    incoming HTTP `headers` is the active span, so that a run started in it continues the
+    caller's trace; None when tracing is off or there is no `traceparent`."""
+    if "traceparent" not in headers or not tracing_enabled(settings):
+        return None
+    from moa.tracing._otel import attach_remote_parent
+
+    context = contextvars.copy_context()
+    context.run(attach_remote_parent, headers)  # never detached: the copy is thrown away
+    return context

@@ -6,7 +6,7 @@ attached only around code that does not yield."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from moa.neurons.base import Generation, Neuron, NeuronRequest, Reference
     from moa.result import LayerResult, MoAResult
 
-__all__ = ["OtelTracing"]
+__all__ = ["OtelTracing", "attach_remote_parent"]
 
 _T = TypeVar("_T")
 
@@ -47,6 +47,13 @@ def _fail(span: Span, error: BaseException) -> None:
     # The description is the error class, never the message: messages are moa's redacted
     # text, but a span is the wrong place to find out whether a provider echoed a secret.
     span.set_status(Status(StatusCode.ERROR, kind))
+
+
+def attach_remote_parent(headers: Mapping[str, str]) -> None:
+    """Attach the context propagated in `headers` (W3C trace context by default)."""
+    from opentelemetry import context, propagate
+
+    context.attach(propagate.extract(headers))
 
 
 class OtelTracing:
