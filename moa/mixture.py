@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from moa import tracing
-from moa._budget import Budget, context_window_problem
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
 from moa.errors import QueryError
@@ -35,6 +34,7 @@ from moa.events import (
     StreamFailed,
     Token,
 )
+from moa.layers._budget import Budget, context_window_problem
 from moa.layers.aggregation import LAYER_NAME, AggregationLayer
 from moa.layers.layer import Layer, references_from
 from moa.neurons.base import ChatMessage, Neuron, Reference

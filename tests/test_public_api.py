@@ -17,6 +17,7 @@ def test_all_is_sorted_and_complete() -> None:
         and not name.startswith("_")
         and name
         not in {
+            "adapters",
             "annotator",
             "batch",
             "cli",
@@ -30,11 +31,13 @@ def test_all_is_sorted_and_complete() -> None:
             "neurons",
             "plugins",
             "presets",
+            "report",
             "result",
             "retry",
             "server",
             "settings",
             "testing",
+            "tracing",
         }
     )
     assert moa.__all__ == sorted(moa.__all__, key=str)

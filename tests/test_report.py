@@ -140,7 +140,7 @@ async def test_a_failed_run_gets_a_report_of_what_ran(fake: FakeProvider, build:
 def test_batch_report_shows_distributions_failures_and_the_slowest(
     fake: FakeProvider, build: Build, tmp_path: Path
 ) -> None:
-    from moa.batch import read_items, run_batch
+    from moa.adapters.batch import read_items, run_batch
 
     fake.respond_with(None, lambda request: Reply(latency=0.01 * len(request.last_user or "")))
     source = tmp_path / "in.jsonl"

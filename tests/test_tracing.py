@@ -266,7 +266,7 @@ def test_the_server_continues_a_received_traceparent(
 ) -> None:
     import httpx
 
-    from moa.server import create_app
+    from moa.adapters.server import create_app
     from tests.test_server import ServerThread
 
     mixture = MixtureOfAgents.from_config(TWO_LAYERS, settings=moa_settings)

@@ -72,7 +72,7 @@ def provider_name(neuron: Neuron) -> str:
     model = getattr(config, "model", "")
     prefix, sep, _ = str(model).partition("/")
     if sep and getattr(config, "base_url", None) is None:
-        from moa.neurons._providers import LITELLM_PROVIDERS
+        from moa.neurons.llm._providers import LITELLM_PROVIDERS
 
         if prefix in LITELLM_PROVIDERS:
             return _PROVIDER_NAMES.get(prefix, prefix)
