@@ -20,7 +20,13 @@ from conftest import CANARY_KEY, ROOT
 
 from moa import AllNeuronsFailed, MixtureOfAgents, MoAResult
 from moa.cli import cli
-from moa.report import render_batch_report, render_error_report, render_report, write_report
+from moa.report import (
+    render_batch_report,
+    render_error_report,
+    render_report,
+    write_batch_report,
+    write_report,
+)
 from moa.testing import FakeProvider, Reply
 
 sys.path.insert(0, str(ROOT / "docs"))
@@ -202,6 +208,11 @@ async def test_the_report_renders_in_chromium_with_a_bar_per_call_and_no_injecte
     )
     answer = dom.text_by_id["call-1"]
     assert HOSTILE in answer  # shown as text, character for character
+    # opened at #call-3 (as a click on the third bar does), that call's answer is shown
+    jumped = await asyncio.to_thread(run_chromium, "--dump-dom", page.as_uri() + "#call-3")
+    shown = Dom(jumped.stdout).having("details", id="call-3")[0]
+    assert "open" in shown and "focus" in shown["class"].split()
+    assert "focus" in Dom(jumped.stdout).having(id="bar-3")[0]["class"].split()
 
 
 def test_the_docs_example_renders_and_its_screenshot_is_a_png(browser: str, tmp_path: Path) -> None:
@@ -222,6 +233,8 @@ def test_the_docs_example_renders_and_its_screenshot_is_a_png(browser: str, tmp_
     states = {b["data-state"] for b in found}
     assert states == {"ok", "retried", "fallback", "failed", "timed-out"}
     assert dom.text_by_id["total-output-tokens"] == str(result.usage.completion_tokens)
+    size = (tmp_path / "report-example.html").stat().st_size
+    assert 20_000 < size < 40_000, size  # README: "about 30 KB of HTML for that 14-call run"
 
 
 def test_moa_run_and_batch_write_reports(
@@ -251,6 +264,8 @@ def test_moa_run_and_batch_write_reports(
     )  # fmt: skip
     assert batch.exit_code == 0, batch.output
     assert Dom((tmp_path / "batch.html").read_text()).text_by_id["total-queries"] == "2"
+    write_batch_report(tmp_path / "out.jsonl", tmp_path / "again.html")  # README's Python form
+    assert (tmp_path / "again.html").read_text() == (tmp_path / "batch.html").read_text()
     fake.script("m/A", Reply(status=400))
     fake.script("m/B", Reply(status=400))
     failed = CliRunner().invoke(

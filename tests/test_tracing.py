@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CANARY_KEY
+from conftest import CANARY_KEY, ROOT
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -333,6 +334,11 @@ def test_import_moa_and_a_run_with_tracing_off_import_no_opentelemetry(
         assert result.content
         leaked = [m for m in sys.modules if m.startswith("opentelemetry")]
         assert not leaked, leaked
+        # installed, on, but no SDK configured: one no-op root span, no layer or call spans
+        from moa import tracing
+        on = create_moa_from_config(mixture.config, settings=Settings(base_url={fake.base_url!r}))
+        assert tracing.start_run(on, stream=False) is tracing.NO_RUN
+        assert asyncio.run(on.process("q")).content
         print("ok")
         """,
         LITELLM_OFFLINE_MODE="true",
@@ -427,7 +433,9 @@ def test_moa_run_sends_spans_to_an_otlp_collector_with_two_variables(
     collector = _Collector()
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MOA_"))}
-        env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_SERVICE_NAME": "my-moa"}
+        exports = dict(re.findall(r"^export (\w+)=(\S+)$", _readme_block(), flags=re.M))
+        assert sorted(exports) == ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"]
+        env |= {**exports, "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url}
         done = subprocess.run(
             [sys.executable, "-m", "moa", "run", "Why?", "-c", str(config), "--no-stream"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
@@ -441,5 +449,13 @@ def test_moa_run_sends_spans_to_an_otlp_collector_with_two_variables(
     names = sorted(span.name for _, span in spans)
     assert names.count("invoke_agent moa") == 1 and names.count("chat m/A") == 1
     assert len(names) == 1 + 4 + 6
-    assert {service for service, _ in spans} == {"my-moa"}
+    assert {service for service, _ in spans} == {exports["OTEL_SERVICE_NAME"]}
     assert not any(CANARY_KEY.encode() in body for body in collector.bodies)
+
+
+def _readme_block() -> str:
+    """The bash block of README's "Tracing (OpenTelemetry)" section."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Tracing (OpenTelemetry)", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
+    return str(block)

@@ -6,6 +6,7 @@ attached only around code that does not yield."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from moa.tracing import _ACTIVE, CallTrace, LayerTrace, RunTrace
+from moa.tracing import _ACTIVE, NO_RUN, CallTrace, LayerTrace, RunTrace
 from moa.tracing import _semconv as sc
 
 if TYPE_CHECKING:
@@ -66,15 +67,19 @@ class OtelTracing:
     def run(self, mixture: MixtureOfAgents, *, stream: bool) -> RunTrace:
         name = getattr(mixture, "name", "moa")
         span = self.tracer.start_span(f"{sc.INVOKE_AGENT} {name}", kind=SpanKind.INTERNAL)
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    sc.OPERATION: sc.INVOKE_AGENT,
-                    sc.AGENT_NAME: name,
-                    "moa.mixture": repr(mixture),
-                    "moa.stream": stream,
-                }
-            )
+        if not span.is_recording():
+            # No SDK installed, or this trace is sampled out: its layers and calls would not
+            # be recorded either (parent-based sampling), so skip building them.
+            span.end()
+            return NO_RUN
+        span.set_attributes(
+            {
+                sc.OPERATION: sc.INVOKE_AGENT,
+                sc.AGENT_NAME: name,
+                "moa.mixture": repr(mixture),
+                "moa.stream": stream,
+            }
+        )
         return _Run(self, span)
 
 
@@ -114,13 +119,21 @@ class _Run(RunTrace):
         self.span.end()
 
 
+_REQUEST_ATTRIBUTES: weakref.WeakKeyDictionary[Neuron, dict[str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class _Layer(LayerTrace):
     def __init__(self, tracing: OtelTracing, span: Span) -> None:
         self.tracing, self.span = tracing, span
         self._context = trace.set_span_in_context(span)
 
     def call(self, neuron: Neuron, primary: Neuron) -> CallTrace:
-        attributes = sc.call_attributes(neuron)
+        known = _REQUEST_ATTRIBUTES.get(neuron)
+        if known is None:  # a neuron's config is frozen: work its attributes out once
+            known = _REQUEST_ATTRIBUTES[neuron] = sc.call_attributes(neuron)
+        attributes = dict(known)
         if neuron is not primary:
             attributes["moa.fallback"] = True
             attributes["moa.fallback_of"] = primary.path
