@@ -86,12 +86,6 @@ class CallTrace:
     def gave_up(self, error: NeuronError, attempts: int) -> None:
         """The model failed for good after `attempts` attempts."""
 
-    @contextmanager
-    def current(self) -> Iterator[None]:
-        """Make this span the active OpenTelemetry span (so instrumented HTTP clients nest
-        under it). Only around code without `yield`."""
-        yield
-
     def __enter__(self) -> CallTrace:
         return self
 

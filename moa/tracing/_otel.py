@@ -119,9 +119,7 @@ class _Run(RunTrace):
         self.span.end()
 
 
-_REQUEST_ATTRIBUTES: weakref.WeakKeyDictionary[Neuron, dict[str, Any]] = (
-    weakref.WeakKeyDictionary()
-)
+_REQUEST_ATTRIBUTES: weakref.WeakKeyDictionary[Neuron, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 class _Layer(LayerTrace):
@@ -258,13 +256,6 @@ class _Call(CallTrace):
         if answer is not None:
             attributes[sc.OUTPUT_MESSAGES] = sc.output_messages(answer)
         self.span.add_event(sc.CONTENT_EVENT, attributes)
-
-    @contextmanager
-    def current(self) -> Iterator[None]:
-        with trace.use_span(
-            self.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        ):
-            yield
 
     def __exit__(
         self,
