@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from pathlib import Path
 from typing import Any
 
+from moa import tracing
 from moa._runner import to_thread
 from moa._sync import run_sync
 from moa._unicode import lone_surrogate
@@ -152,6 +153,7 @@ class MixtureOfAgents:
     def __init__(self, config: MoAConfig, *, settings: Settings | None = None) -> None:
         self.config = config
         self.settings = settings if settings is not None else Settings()
+        self.name = "moa"  # gen_ai.agent.name of its runs' root spans (see moa.tracing)
         self.annotator: UserQueryAnnotator | None = None
         if config.use_annotator and config.annotator is not None:
             self.annotator = UserQueryAnnotator(
@@ -285,7 +287,15 @@ class MixtureOfAgents:
             if isinstance(event, Token):
                 yield event.text
 
-    async def _run(self, query: Query, *, stream: bool) -> AsyncIterator[MoAEvent]:
+    def _run(self, query: Query, *, stream: bool) -> AsyncIterator[MoAEvent]:
+        """The pipeline, traced when tracing is on (see `moa.tracing`)."""
+        run = tracing.start_run(self, stream=stream)
+        events = self._pipeline(query, stream=stream, run=run)
+        return events if run is tracing.NO_RUN else tracing.traced_run(run, events)
+
+    async def _pipeline(
+        self, query: Query, *, stream: bool, run: tracing.RunTrace
+    ) -> AsyncIterator[MoAEvent]:
         """The pipeline, shared by `process()` (stream=False: no per-neuron events, and the
         aggregator answers in one piece) and `stream()`."""
         origin = time.perf_counter()
@@ -297,7 +307,8 @@ class MixtureOfAgents:
         annotator_result: NeuronResult | None = None
         annotated: str | None = None
         if self.annotator is not None:
-            annotator_result, annotated = await self.annotator.annotate(history, origin=origin)
+            with run.layer("annotator", None) as span, span.active():
+                annotator_result, annotated = await self.annotator.annotate(history, origin=origin)
             if annotated is not None:
                 history = [*history[:-1], {"role": "user", "content": annotated}]
             yield AnnotatorFinished(neuron=annotator_result, annotated_query=annotated)
@@ -308,25 +319,29 @@ class MixtureOfAgents:
             references: tuple[Reference, ...] = ()
             for layer in self.layers:
                 yield LayerStarted(layer=layer.name, index=layer.index)
-                if stream:
-                    finished: asyncio.Queue[NeuronResult | None] = asyncio.Queue()
-                    task = asyncio.ensure_future(
-                        layer.run(
-                            history, references, origin=origin, semaphore=semaphore,
-                            on_result=finished.put_nowait,
-                        )
-                    )  # fmt: skip
-                    task.add_done_callback(_closer(finished))
-                    try:
-                        while (neuron := await finished.get()) is not None:
-                            yield NeuronFinished(neuron=neuron)
-                        result = task.result()
-                    finally:
-                        await _cancel(task)
-                else:
-                    result = await layer.run(
-                        history, references, origin=origin, semaphore=semaphore
-                    )
+                with run.layer(layer.name, layer.index) as span:
+                    if stream:
+                        finished: asyncio.Queue[NeuronResult | None] = asyncio.Queue()
+                        with span.active():  # the task keeps it, whoever resumes this generator
+                            task = asyncio.ensure_future(
+                                layer.run(
+                                    history, references, origin=origin, semaphore=semaphore,
+                                    on_result=finished.put_nowait,
+                                )
+                            )  # fmt: skip
+                        task.add_done_callback(_closer(finished))
+                        try:
+                            while (neuron := await finished.get()) is not None:
+                                yield NeuronFinished(neuron=neuron)
+                            result = task.result()
+                        finally:
+                            await _cancel(task)
+                    else:
+                        with span.active():
+                            result = await layer.run(
+                                history, references, origin=origin, semaphore=semaphore
+                            )
+                    span.proposals(result)
                 completed.append(result)
                 references = references_from(result)
                 yield LayerFinished(layer=result)
@@ -334,20 +349,25 @@ class MixtureOfAgents:
             rng = (
                 random.Random(self.config.seed) if self.config.seed is not None else random.Random()
             )
-            aggregation = await self.aggregation.build_request(
-                history, effective_query, references, rng
-            )
-            yield AggregationStarted()
-            if stream:
-                aggregator: NeuronResult | None = None
-                async for piece in self.aggregation.stream(aggregation, origin=origin):
-                    if isinstance(piece, str):
-                        yield Token(text=piece)
-                    else:
-                        aggregator = piece
-                assert aggregator is not None
-            else:
-                aggregator = await self.aggregation.run(aggregation, origin=origin)
+            with run.layer(LAYER_NAME, len(self.layers)) as span:
+                aggregation = await self.aggregation.build_request(
+                    history, effective_query, references, rng
+                )
+                span.aggregation(aggregation, references)
+                yield AggregationStarted()
+                if stream:
+                    aggregator: NeuronResult | None = None
+                    async for piece in span.iterate(
+                        self.aggregation.stream(aggregation, origin=origin)
+                    ):
+                        if isinstance(piece, str):
+                            yield Token(text=piece)
+                        else:
+                            aggregator = piece
+                    assert aggregator is not None
+                else:
+                    with span.active():
+                        aggregator = await self.aggregation.run(aggregation, origin=origin)
             calls = [*([annotator_result] if annotator_result else [])]
             for layer_result in completed:
                 calls.extend(layer_result.neurons)

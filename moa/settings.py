@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,17 @@ class Settings(BaseSettings):
         ge=0,
         validation_alias=AliasChoices("MOA_MAX_RETRIES", "max_retries"),
         description="Default number of retries of a retryable failure.",
+    )
+    tracing: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        validation_alias=AliasChoices("MOA_TRACING", "tracing"),
+        description="OpenTelemetry spans: auto (when opentelemetry-api is installed), on "
+        "(and fail if it is not), off (nothing imported, nothing recorded).",
+    )
+    trace_content: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("MOA_TRACE_CONTENT", "trace_content"),
+        description="Record prompt and answer text as span events (they may be private).",
     )
 
     def model_post_init(self, context: object, /) -> None:

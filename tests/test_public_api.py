@@ -31,11 +31,13 @@ def test_all_is_sorted_and_complete() -> None:
             "neurons",
             "plugins",
             "presets",
+            "report",
             "result",
             "retry",
             "server",
             "settings",
             "testing",
+            "tracing",
             "validation",
         }
     )

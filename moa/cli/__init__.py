@@ -34,8 +34,26 @@ __all__ = ["cli", "main"]
 
 @click.group(cls=Group)
 @click.version_option(package_name="moa-llm", prog_name="moa")
-def cli() -> None:
-    """Mixture of Agents over LLMs: run, validate and serve mixtures."""
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Mixture of Agents over LLMs: run, validate and serve mixtures.
+
+    Spans go to an OpenTelemetry collector when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    (pip install 'moa-llm[otel]').
+    """
+    from moa.tracing.setup import export_from_environment
+
+    try:
+        shutdown = export_from_environment()
+    except ModuleNotFoundError as exc:
+        click.echo(
+            f"moa: OTEL_EXPORTER_OTLP_ENDPOINT is set but {exc.name} is missing, so no spans "
+            "are sent: pip install 'moa-llm[otel]'",
+            err=True,
+        )
+        return
+    if shutdown is not None:
+        ctx.call_on_close(shutdown)
 
 
 for _command in (run, validate, schema, plugins, batch, eval_command, serve):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+from moa import tracing
 from moa.errors import NeuronError
 from moa.errors import TimeoutError as NeuronTimeout
 from moa.neurons.base import Generation, Neuron, NeuronRequest
@@ -124,37 +125,44 @@ async def attempts(
     """
     failure: NeuronError | None = None
     delivered = False
+    scope = tracing.current()  # the layer being traced, if tracing is on
     for candidate in plan.candidates:
         ask = request(candidate.neuron) if callable(request) else request
         ask = dataclasses.replace(ask, timeout=candidate.timeout)
         stamp = partial(_stamp, neuron=candidate.neuron, layer=layer, index=index)
+        # One span per candidate model, covering all its attempts (see moa.tracing).
+        span = scope.call(candidate.neuron, plan.neuron) if scope is not None else tracing.NO_CALL
         retrying = state._current = Retrying(
             candidate.retry,
             candidate.timeout,
-            on_error=stamp,
+            on_error=_traced(stamp, span),
             stream_limits=candidate.stream_limits,
             secrets=_secrets(candidate.neuron),
         )
         generation: Generation | None = None
-        try:
-            async for piece in retrying.stream(partial(attempt, candidate, ask, stream=stream)):
-                if isinstance(piece, Generation):
-                    generation = piece
-                    continue
-                delivered = True
-                yield piece
-            if generation is None:
-                raise TypeError(f"{candidate.neuron!r}.stream() ended without a Generation")
-        except NeuronError as exc:
-            stamp(exc)
-            failure = exc
-            if delivered:
-                raise  # text was delivered: no fallback may continue it
-            continue
-        finally:
-            state.errors.extend(retrying.errors)
-            state._done_attempts += retrying.attempts
-            state._current = None
+        with span:
+            span.request(ask)
+            try:
+                async for piece in retrying.stream(partial(attempt, candidate, ask, stream=stream)):
+                    if isinstance(piece, Generation):
+                        generation = piece
+                        continue
+                    delivered = True
+                    yield piece
+                if generation is None:
+                    raise TypeError(f"{candidate.neuron!r}.stream() ended without a Generation")
+            except NeuronError as exc:
+                stamp(exc)
+                span.gave_up(exc, retrying.attempts)
+                failure = exc
+                if delivered:
+                    raise  # text was delivered: no fallback may continue it
+                continue
+            finally:
+                state.errors.extend(retrying.errors)
+                state._done_attempts += retrying.attempts
+                state._current = None
+            span.answered(generation, retrying.attempts)
         state.answered_by = candidate.neuron
         yield generation
         return
@@ -296,6 +304,24 @@ class StreamedCall:
             start=start, end=time.perf_counter(), generation=self.generation,
             failure=self.failure, first_token=first,
         )  # fmt: skip
+
+
+def _traced(
+    stamp: Callable[[NeuronError], None], span: tracing.CallTrace
+) -> Callable[[NeuronError], None]:
+    """What `Retrying` does with each failed attempt: stamp it, then (when traced) record
+    it on the model's span."""
+    if span is tracing.NO_CALL:
+        return stamp
+    failed = 0
+
+    def on_error(error: NeuronError) -> None:
+        nonlocal failed
+        failed += 1
+        stamp(error)
+        span.attempt_failed(error, failed)
+
+    return on_error
 
 
 def _stamp(error: NeuronError, *, neuron: Neuron, layer: str, index: int) -> None:
