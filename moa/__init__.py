@@ -16,6 +16,7 @@ from moa.config import (
     MoAConfig,
     NeuronConfig,
     ProposalLayerConfig,
+    RateLimit,
     RetryConfig,
     load_config,
 )
@@ -33,6 +34,7 @@ from moa.errors import (
     ProviderError,
     QueryError,
     RateLimitError,
+    SpendLimitExceeded,
     TimeoutError,  # noqa: A004 - the documented name of moa's timeout error
 )
 from moa.events import (
@@ -93,10 +95,12 @@ __all__ = [
     "ProviderConnectionError",
     "ProviderError",
     "QueryError",
+    "RateLimit",
     "RateLimitError",
     "Reference",
     "RetryConfig",
     "Settings",
+    "SpendLimitExceeded",
     "StreamFailed",
     "TimeoutError",
     "Token",

@@ -22,19 +22,24 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moa._wire import describe_error
 from moa.errors import MoAError
 from moa.mixture import MixtureOfAgents
+
+if TYPE_CHECKING:
+    from moa._batch_io import Sink
 
 __all__ = [
     "BatchInputError",
     "BatchItem",
     "BatchSummary",
     "JsonlAppender",
+    "parse_line",
     "read_items",
     "run_batch",
+    "run_item",
     "written_ids",
 ]
 
@@ -64,6 +69,19 @@ class BatchSummary:
     skipped: int = 0
     unreadable_output_lines: int = 0
     failed_ids: list[ItemId] = field(default_factory=list)
+    cost: float = 0.0
+    rows_per_worker: list[int] = field(default_factory=list)
+    """Rows each Ray actor returned (`--backend ray` only)."""
+    stopped_by_cost: bool = False
+    """True when `max_cost` was reached and the remaining queries were not started."""
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Count one written row."""
+        self.done += 1
+        self.cost += record.get("cost") or 0.0
+        if record.get("error") is not None:
+            self.errors += 1
+            self.failed_ids.append(record["id"])
 
 
 def _key(item_id: ItemId) -> str:
@@ -82,7 +100,7 @@ def read_items(path: Path) -> list[BatchItem]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        item = _parse_line(line, number)
+        item = parse_line(line, number)
         key = _key(item.id)
         if key in seen:
             raise BatchInputError(
@@ -94,7 +112,8 @@ def read_items(path: Path) -> list[BatchItem]:
     return items
 
 
-def _parse_line(line: str, number: int) -> BatchItem:
+def parse_line(line: str, number: int) -> BatchItem:
+    """One input line as an item (with `problem` set when it is not a usable query)."""
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -215,25 +234,28 @@ def _failure(item: BatchItem, message: str, error_type: str, seconds: float) -> 
 async def run_batch(
     moa: MixtureOfAgents,
     items: Sequence[BatchItem],
-    output: Path,
+    output: Path | Sink,
     *,
     concurrency: int = 8,
     sync: bool = True,
+    max_cost: float | None = None,
     on_start: Callable[[int], None] | None = None,
     on_item: Callable[[dict[str, Any]], None] | None = None,
     run: Callable[[Any], Awaitable[Any]] | None = None,
 ) -> BatchSummary:
-    """Run every item not yet in `output`, `concurrency` at a time, appending one line each.
+    """Run every item not yet in `output`, `concurrency` at a time, writing one row each.
 
-    `on_start(n)` is called with the number of items to run, `on_item(record)` after each
-    line is written. `run` replaces `moa.process` (tests).
+    `output` is a JSON Lines path or a `moa._batch_io.Sink` (Parquet shards). No new query
+    starts once the rows written cost `max_cost` USD or more. `on_start(n)` is called with
+    the number of items to run, `on_item(record)` after each row is written. `run` replaces
+    `moa.process` (tests).
     """
     if concurrency < 1:
         raise BatchInputError("concurrency must be at least 1")
-    try:
-        done, unreadable = written_ids(output)
-    except OSError as exc:
-        raise BatchInputError(f"cannot use {output} as output: {exc.strerror or exc}") from None
+    from moa._batch_io import JsonlSink
+
+    sink: Sink = JsonlSink(output, sync=sync) if isinstance(output, Path) else output
+    done, unreadable = sink.done()
     todo = [item for item in items if _key(item.id) not in done]
     summary = BatchSummary(
         total=len(items), skipped=len(items) - len(todo), unreadable_output_lines=unreadable
@@ -243,36 +265,26 @@ async def run_batch(
     if not todo:
         return summary
     process = run if run is not None else moa.process
+    sink.open()
     queue: asyncio.Queue[BatchItem] = asyncio.Queue()
     for item in todo:
         queue.put_nowait(item)
-    try:
-        appender = JsonlAppender(output, sync=sync)
-    except OSError as exc:
-        raise BatchInputError(f"cannot write {output}: {exc.strerror or exc}") from None
+    durable_each = isinstance(sink, JsonlSink) and sync
 
     async def worker() -> None:
         while True:
+            if max_cost is not None and summary.cost >= max_cost:
+                summary.stopped_by_cost = True
+                return
             try:
                 item = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            started = time.perf_counter()
-            if item.problem is not None:
-                record = _failure(item, item.problem, "BatchInputError", 0.0)
-            else:
-                try:
-                    result = await process(item.query)
-                except MoAError as exc:
-                    elapsed = time.perf_counter() - started
-                    record = _failure(item, describe_error(exc), type(exc).__name__, elapsed)
-                else:
-                    record = _success(item, result, time.perf_counter() - started)
-            await appender.append(record)
-            summary.done += 1
-            if record["error"] is not None:
-                summary.errors += 1
-                summary.failed_ids.append(item.id)
+            record = await run_item(process, item)
+            sink.write(record)
+            if durable_each:
+                await asyncio.to_thread(sink.flush)
+            summary.record(record)
             if on_item is not None:
                 on_item(record)
 
@@ -285,5 +297,18 @@ async def run_batch(
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
     finally:
-        appender.close()
+        sink.close()
     return summary
+
+
+async def run_item(process: Callable[[Any], Awaitable[Any]], item: BatchItem) -> dict[str, Any]:
+    """The output row of one item: its result, or its error as data."""
+    started = time.perf_counter()
+    if item.problem is not None:
+        return _failure(item, item.problem, "BatchInputError", 0.0)
+    try:
+        result = await process(item.query)
+    except MoAError as exc:
+        elapsed = time.perf_counter() - started
+        return _failure(item, describe_error(exc), type(exc).__name__, elapsed)
+    return _success(item, result, time.perf_counter() - started)

@@ -27,6 +27,7 @@ from pydantic import (
 
 from moa._template import placeholders_in
 from moa.errors import ConfigError, PluginError
+from moa.ratelimit._core import RateLimit
 
 __all__ = [
     "AGGREGATION_PLACEHOLDERS",
@@ -37,6 +38,7 @@ __all__ = [
     "MoAConfig",
     "NeuronConfig",
     "ProposalLayerConfig",
+    "RateLimit",
     "RetryConfig",
     "json_schema",
     "load_config",
@@ -110,6 +112,11 @@ class NeuronConfig(BaseModel):
         default_factory=list,
         description="Tried in order when this neuron fails for good: a model name (same "
         "options, another model) or a mapping of the keys to change.",
+    )
+    rate_limit: RateLimit | None = Field(
+        default=None,
+        description="Limits of this neuron's provider bucket (endpoint + model + API key), "
+        "shared with every caller of that bucket; default: the top-level rate_limit.",
     )
 
     @property
@@ -336,6 +343,17 @@ class MoAConfig(BaseModel):
         description="Default seconds per attempt for every neuron without its own timeout.",
     )
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry defaults.")
+    rate_limit: RateLimit | None = Field(
+        default=None,
+        description="Default rate limit of every neuron's provider bucket (endpoint + model + "
+        "API key: each bucket gets these limits of its own).",
+    )
+    max_cost_per_query: float | None = Field(
+        default=None,
+        gt=0,
+        description="USD: once a query's calls cost this much, it starts no further layer and "
+        "fails with SpendLimitExceeded.",
+    )
 
     @model_validator(mode="after")
     def _annotator_present(self) -> MoAConfig:

@@ -16,7 +16,8 @@ MoAError
 │   ├── AuthenticationError     401 / 403 (never retried)
 │   └── TimeoutError            no answer in time, or 408 (retried; also a builtins.TimeoutError)
 ├── AllNeuronsFailed            every neuron of a layer failed (an ExceptionGroup of the causes)
-└── AggregationFailed           the aggregator and its fallbacks failed; the proposals are kept
+├── AggregationFailed           the aggregator and its fallbacks failed; the proposals are kept
+└── SpendLimitExceeded          a query reached max_cost_per_query; the layers it paid for are kept
 ```
 
 Which `NeuronError`s are retried is decided in one place, `moa.retry.is_retryable()`: rate
@@ -54,6 +55,7 @@ __all__ = [
     "ProviderError",
     "QueryError",
     "RateLimitError",
+    "SpendLimitExceeded",
     "TimeoutError",
     "redact",
 ]
@@ -263,6 +265,34 @@ class AggregationFailed(MoAError):
 
     def __reduce__(self) -> Any:
         return (_rebuild, (type(self), (str(self),), {"cause": self.cause, "layers": self.layers}))
+
+
+class SpendLimitExceeded(MoAError):
+    """A query's calls cost `spent` USD, reaching `max_cost_per_query` (`limit`): no further
+    layer was started. `layers` holds every completed layer, so nothing paid for is lost."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        spent: float = 0.0,
+        limit: float = 0.0,
+        layers: Sequence[LayerResult] = (),
+    ) -> None:
+        self.spent = spent
+        self.limit = limit
+        self.layers = tuple(layers)
+        super().__init__(message)
+
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild,
+            (
+                type(self),
+                (str(self),),
+                {"spent": self.spent, "limit": self.limit, "layers": self.layers},
+            ),
+        )
 
 
 def _rebuild(cls: type[Exception], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Exception:

@@ -22,7 +22,7 @@ from typing import Any
 from moa._budget import Budget, context_window_problem
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
-from moa.errors import QueryError
+from moa.errors import QueryError, SpendLimitExceeded
 from moa.events import (
     AggregationStarted,
     AnnotatorFinished,
@@ -108,6 +108,7 @@ def _build_neuron(
     paths; default: the neuron's own `fallbacks` key)."""
     neuron = get_neuron_class(config.type)(config, settings=settings, path=path)
     neuron.timeout = config.timeout or top.timeout or settings.request_timeout
+    neuron.rate_limit = config.rate_limit or top.rate_limit
     retry = top.retry
     retries = config.max_retries if config.max_retries is not None else retry.max_retries
     neuron.retry_policy = RetryPolicy(
@@ -278,6 +279,22 @@ class MixtureOfAgents:
             if isinstance(event, Token):
                 yield event.text
 
+    def _check_spend(self, annotator: NeuronResult | None, completed: list[LayerResult]) -> None:
+        """Raise `SpendLimitExceeded` if the query's calls so far cost `max_cost_per_query`."""
+        cap = self.config.max_cost_per_query
+        if cap is None:
+            return
+        calls = [annotator] if annotator is not None else []
+        spent = sum(n.cost or 0.0 for n in [*calls, *(n for r in completed for n in r.neurons)])
+        if spent >= cap:
+            raise SpendLimitExceeded(
+                f"the query has cost ${spent:.6f}, reaching max_cost_per_query ${cap}: "
+                "no further layer was started",
+                spent=spent,
+                limit=cap,
+                layers=completed,
+            )
+
     async def _run(self, query: Query, *, stream: bool) -> AsyncIterator[MoAEvent]:
         """The pipeline, shared by `process()` (stream=False: no per-neuron events, and the
         aggregator answers in one piece) and `stream()`."""
@@ -299,6 +316,7 @@ class MixtureOfAgents:
         completed: list[LayerResult] = []
         references: tuple[Reference, ...] = ()
         for layer in self.layers:
+            self._check_spend(annotator_result, completed)
             yield LayerStarted(layer=layer.name, index=layer.index)
             if stream:
                 finished: asyncio.Queue[NeuronResult | None] = asyncio.Queue()
@@ -323,6 +341,7 @@ class MixtureOfAgents:
             references = references_from(result)
             yield LayerFinished(layer=result)
 
+        self._check_spend(annotator_result, completed)
         rng = random.Random(self.config.seed) if self.config.seed is not None else random.Random()
         aggregation = await self.aggregation.prepare(history, effective_query, references, rng)
         yield AggregationStarted()

@@ -30,6 +30,7 @@ def test_all_is_sorted_and_complete() -> None:
             "neurons",
             "plugins",
             "presets",
+            "ratelimit",
             "result",
             "retry",
             "server",

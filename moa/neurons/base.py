@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from moa.config import NeuronConfig
+from moa.ratelimit import RateLimit
 from moa.result import Usage
 from moa.retry import RetryPolicy
 from moa.settings import Settings
@@ -148,6 +149,10 @@ class Neuron(ABC):
             max_retries=retries if retries is not None else self.settings.max_retries
         )
         self.fallbacks: tuple[Neuron, ...] = ()
+        # Limits of this neuron's provider bucket, shared with every caller of that bucket
+        # (see moa.ratelimit). The mixture sets it from the config; a neuron that calls a
+        # provider applies it before each upstream attempt (LLMNeuron does).
+        self.rate_limit: RateLimit | None = config.rate_limit
 
     @property
     def label(self) -> str:

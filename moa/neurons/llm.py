@@ -40,6 +40,8 @@ from moa.neurons._upstream_errors import (
     retry_after_of,
 )
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, TokenLimits
+from moa.ratelimit import bucket_key
+from moa.ratelimit._call import limited
 from moa.result import Usage
 from moa.settings import Settings
 
@@ -189,6 +191,12 @@ class LLMNeuron(Neuron):
         if not isinstance(config, LLMConfig):
             raise TypeError(f"LLMNeuron needs an LLMConfig, got {type(config).__name__}")
         self.route = resolve_route(config, self.settings, where=path)
+        # The rate-limit bucket: endpoint (or litellm provider), model, key fingerprint.
+        self.bucket = bucket_key(
+            self.route.api_base or _provider_prefix(self.route.model) or "litellm",
+            self.route.model,
+            self.route.api_key.get_secret_value() if self.route.api_key else None,
+        )
         self._unpriced = False
         self._plan: FastPlan | object | None = _UNPLANNED
 
@@ -228,32 +236,61 @@ class LLMNeuron(Neuron):
             return await litellm.acompletion(**kwargs)
         return await litellm.acompletion(**kwargs, api_key=self.route.api_key.get_secret_value())
 
+    def _limited(self, request: NeuronRequest) -> Any:
+        """The shared rate limit around one upstream attempt (nothing without `rate_limit`)."""
+        return limited(
+            self.rate_limit,
+            self.bucket,
+            request.messages,
+            max_tokens=self.config.max_tokens,
+            attempt_seconds=self.timeout,
+        )
+
     async def generate(self, request: NeuronRequest) -> Generation:
         await self.prepare()
         plan = self._plan
-        failure: NeuronError | None = None
-        try:
-            if isinstance(plan, FastPlan):
-                body = {**plan.body, "messages": [dict(m) for m in request.messages]}
-                response: Any = await _http.post_json(
-                    plan.url, body, api_key=plan.api_key, timeout_s=self.timeout
-                )
-            else:
-                litellm = await _aload_litellm()
-                response = await self._complete(litellm, self._request_kwargs(request))
-        except NeuronError as exc:  # the fast path's own, already in moa's terms
-            failure = self._stamped(exc)
-        except Exception as exc:
-            failure = self._mapped(exc)
-        if failure is not None:
-            # Raised outside the except block: the new error has no __context__, so the
-            # litellm exception (which holds the request, headers included) is not kept.
-            raise failure
-        return await self._parse(response, request)
+        async with self._limited(request) as permit:
+            failure: NeuronError | None = None
+            try:
+                if isinstance(plan, FastPlan):
+                    body = {**plan.body, "messages": [dict(m) for m in request.messages]}
+                    response: Any = await _http.post_json(
+                        plan.url, body, api_key=plan.api_key, timeout_s=self.timeout
+                    )
+                else:
+                    litellm = await _aload_litellm()
+                    response = await self._complete(litellm, self._request_kwargs(request))
+            except NeuronError as exc:  # the fast path's own, already in moa's terms
+                failure = self._stamped(exc)
+            except Exception as exc:
+                failure = self._mapped(exc)
+            if failure is not None:
+                # Raised outside the except block: the new error has no __context__, so the
+                # litellm exception (which holds the request, headers included) is not kept.
+                raise failure
+            generation = await self._parse(response, request)
+            if permit is not None and generation.usage is not None:
+                usage = generation.usage
+                await permit.settle(usage.prompt_tokens + usage.completion_tokens)
+            return generation
 
     async def _chunks(self, request: NeuronRequest) -> AsyncIterator[Any]:
-        """Raw stream chunks: dicts on the fast path, litellm objects otherwise."""
+        """Raw stream chunks (dicts on the fast path, litellm objects otherwise), under the
+        rate limit for the whole stream."""
         await self.prepare()
+        async with self._limited(request) as permit:
+            usage: Any = None
+            with self._map_errors():  # in moa's terms here, so a 429 pauses the bucket
+                async for chunk in self._raw_chunks(request):
+                    usage = field(chunk, "usage") or usage
+                    yield chunk
+            if permit is not None and usage is not None:
+                tokens = (field(usage, "prompt_tokens") or 0) + (
+                    field(usage, "completion_tokens") or 0
+                )
+                await permit.settle(int(tokens))
+
+    async def _raw_chunks(self, request: NeuronRequest) -> AsyncIterator[Any]:
         plan = self._plan
         if isinstance(plan, FastPlan):
             body = {

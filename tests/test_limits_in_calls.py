@@ -1,0 +1,135 @@
+"""Rate limits, cooldowns and spend caps as calls see them: a mixture against the fake
+provider, with the limiter in this process (the other backends: test_ratelimit.py,
+test_ray_batch.py, test_redis_processes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from moa import MixtureOfAgents, SpendLimitExceeded
+from moa.cli import cli
+from moa.ratelimit import use_backend
+from moa.testing import FakeProvider, Reply
+from tests._windows import max_in_window, rate
+from tests.conftest import CANARY_KEY
+
+
+@pytest.fixture(autouse=True)
+def _fresh_limiter() -> Iterator[None]:
+    """Each test starts with empty buckets in this process."""
+    use_backend(None)
+    yield
+    use_backend(None)
+
+
+def limited_config(limit: str, *, extra: str = "") -> str:
+    return f"""
+    rate_limit: {limit}
+    {extra}
+    proposal_layers:
+      - neurons:
+        - {{model: "meta-llama/M"}}
+    aggregation_layer:
+      model: "meta-llama/M"
+    """
+
+
+async def test_two_mixtures_in_one_process_share_the_bucket(
+    fake: FakeProvider, build: Callable[..., MixtureOfAgents]
+) -> None:
+    fake.set_default(Reply(latency=0.02))
+    first = build(limited_config("{requests_per_minute: 3000}"))
+    second = build(limited_config("{requests_per_minute: 3000}"))
+    await asyncio.gather(first.prepare(), second.prepare())  # litellm loaded before the clock
+    await asyncio.gather(
+        *(moa.process(f"q{i}") for i in range(25) for moa in (first, second))
+    )  # 100 calls at 50 a second
+    starts = [r.started for r in fake.requests]
+    assert len(starts) == 100
+    # + 1 for the call on the window's closing edge, + 1 for a call the event loop sent late
+    assert max_in_window(starts) <= 50 + 2
+    assert rate(starts) == pytest.approx(50, rel=0.1)
+
+
+async def test_a_retry_after_pauses_every_caller_of_the_bucket(
+    fake: FakeProvider, build: Callable[..., MixtureOfAgents]
+) -> None:
+    fake.script("meta-llama/M", Reply(status=429, retry_after=0.6))
+    fake.set_default(Reply())
+    moa = build(limited_config("{}"))  # no limits: only shared cooldowns
+    with pytest.raises(Exception):  # noqa: B017 - the 429 fails the only proposer
+        await moa.process("first")
+    paused_at = time.monotonic()
+    await moa.process("second")
+    assert time.monotonic() - paused_at > 0.5
+    first, second = fake.requests[0], fake.requests[1]
+    assert second.started - first.started > 0.55
+
+
+async def test_no_rate_limit_means_no_limiter(
+    fake: FakeProvider, build: Callable[..., MixtureOfAgents]
+) -> None:
+    import moa.ratelimit as ratelimit
+
+    moa = build(limited_config("null"))
+    await moa.process("q")
+    assert ratelimit._limiter is None
+
+
+async def test_a_query_stops_at_max_cost_per_query(
+    fake: FakeProvider, build: Callable[..., MixtureOfAgents]
+) -> None:
+    fake.set_default(Reply(usage=(100, 100)))
+    config = """
+    max_cost_per_query: 0.0015
+    proposal_layers:
+      - neurons:
+        - {model: "meta-llama/A", input_cost_per_token: 0.00001, output_cost_per_token: 0.00001}
+      - neurons:
+        - {model: "meta-llama/B", input_cost_per_token: 0.00001, output_cost_per_token: 0.00001}
+    aggregation_layer:
+      model: "meta-llama/AGG"
+    """
+    moa = build(config)
+    with pytest.raises(SpendLimitExceeded) as caught:
+        await moa.process("q")
+    assert caught.value.spent == pytest.approx(0.002) and caught.value.limit == 0.0015
+    assert [layer.name for layer in caught.value.layers] == ["proposal_layers[0]"]
+    assert [r.model for r in fake.requests] == ["meta-llama/A"]  # layer 2 never started
+    assert "0.002000" in str(caught.value) and "max_cost_per_query" in str(caught.value)
+
+
+@pytest.mark.parametrize("output", ["out.jsonl", "out.parquet"])
+def test_batch_stops_starting_queries_at_max_cost(
+    fake: FakeProvider, monkeypatch: pytest.MonkeyPatch, output: str
+) -> None:
+    monkeypatch.setenv("BASE_URL", fake.base_url)
+    monkeypatch.setenv("PROVIDER_API_KEY", CANARY_KEY)
+    fake.set_default(Reply(usage=(100, 100)))
+    Path("moa.yaml").write_text(
+        """
+proposal_layers:
+  - neurons:
+    - {model: "meta-llama/A", input_cost_per_token: 0.00001, output_cost_per_token: 0.00001}
+aggregation_layer:
+  model: "meta-llama/AGG"
+  input_cost_per_token: 0.00001
+  output_cost_per_token: 0.00001
+"""
+    )  # $0.004 a query
+    Path("in.jsonl").write_text("".join(json.dumps(f"q{i}") + "\n" for i in range(20)))
+    args = ["batch", "in.jsonl", "-o", output, "-c", "moa.yaml", "--no-progress"]
+    result = CliRunner().invoke(cli, [*args, "--concurrency", "1", "--max-cost", "0.01"])
+    assert result.exit_code == 3, result.output
+    assert "stopped at the spend cap: $0.012000 of --max-cost $0.01" in result.stderr
+    assert "17 queries not started" in result.stderr
+    rerun = CliRunner().invoke(cli, [*args, "--max-cost", "1"])
+    assert rerun.exit_code == 0, rerun.output
+    assert "3 already in" in rerun.stderr and "batch: 17 run" in rerun.stderr
