@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moa.config import DEFAULT_ANNOTATOR_PROMPT
-from moa.layers._call import call_neuron, system_then
+from moa.layers._call import call_neuron
+from moa.layers._prompts import system_then
 from moa.neurons.base import ChatMessage, Neuron, NeuronRequest
 from moa.result import NeuronResult
 

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from moa import Settings, load_config
-from moa.batch import BatchItem
+from moa.adapters.batch import BatchItem
 from moa.cli import cli
 from moa.testing import FakeProvider, Reply
 from tests._windows import max_in_window, rate
@@ -105,8 +105,8 @@ def _ids(path: Path) -> list[Any]:
 def test_500_queries_on_two_actors_give_500_rows_once(
     ray_cluster: str, fake: FakeProvider, settings: Settings
 ) -> None:
-    from moa._batch_io import open_sink
-    from moa._batch_ray import run_batch_ray
+    from moa.adapters._batch_io import open_sink
+    from moa.adapters._batch_ray import run_batch_ray
 
     summary = run_batch_ray(
         load_config(CONFIG, is_file_path=False), settings, _items(500),
@@ -123,8 +123,8 @@ def test_500_queries_on_two_actors_give_500_rows_once(
 def test_a_killed_actor_still_gives_every_row_once(
     ray_cluster: str, fake: FakeProvider, settings: Settings
 ) -> None:
-    from moa._batch_io import open_sink
-    from moa._batch_ray import run_batch_ray
+    from moa.adapters._batch_io import open_sink
+    from moa.adapters._batch_ray import run_batch_ray
 
     fake.set_default(Reply(latency=0.02))
     pids: list[int] = []
@@ -198,8 +198,8 @@ def test_two_actors_share_one_rate_limit(
     ray_cluster: str, fake: FakeProvider, settings: Settings
 ) -> None:
     """requests_per_minute 1200 through the named limiter actor: 20 calls a second in all."""
-    from moa._batch_io import open_sink
-    from moa._batch_ray import run_batch_ray
+    from moa.adapters._batch_io import open_sink
+    from moa.adapters._batch_ray import run_batch_ray
 
     fake.set_default(Reply(latency=0.05))
     config = load_config(

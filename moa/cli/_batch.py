@@ -69,8 +69,8 @@ def batch(
     query is written with its error; rerunning the same command resumes, skipping ids
     already written.
     """
-    from moa._batch_io import open_sink, read_any
-    from moa.batch import run_batch
+    from moa.adapters._batch_io import open_sink, read_any
+    from moa.adapters.batch import run_batch
 
     items = read_any(input_path)
     sink = open_sink(output, sync=not no_fsync)
@@ -108,7 +108,7 @@ def batch(
             await moa.aclose()
 
     def go_ray() -> Any:
-        from moa._batch_ray import run_batch_ray
+        from moa.adapters._batch_ray import run_batch_ray
 
         return run_batch_ray(
             moa.config,

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from moa.errors import NeuronError
 from moa.errors import TimeoutError as NeuronTimeout
-from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Reference
+from moa.neurons.base import Generation, Neuron, NeuronRequest
 from moa.result import NeuronResult
 from moa.retry import Retrying
 
@@ -24,25 +24,11 @@ __all__ = [
     "StreamedCall",
     "call_neuron",
     "cut_off",
-    "format_responses",
     "gather_all",
     "gather_until",
-    "system_then",
 ]
 
 _T = TypeVar("_T")
-
-
-def system_then(system: str | None, history: Sequence[ChatMessage]) -> tuple[ChatMessage, ...]:
-    """A new message tuple: the system prompt (if any) followed by `history`."""
-    if system:
-        return ({"role": "system", "content": system}, *history)
-    return tuple(history)
-
-
-def format_responses(references: Sequence[Reference]) -> str:
-    """Number the responses: `Response 1:\\n<text>` blocks separated by blank lines."""
-    return "\n\n".join(f"Response {i}:\n{ref.text}" for i, ref in enumerate(references, 1))
 
 
 class CallState:

@@ -11,11 +11,12 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from moa._budget import Budget
-from moa._template import render
 from moa.config import AggregationLayerConfig
 from moa.errors import AggregationFailed, NeuronError
-from moa.layers._call import StreamedCall, call_neuron, format_responses, system_then
+from moa.layers._budget import Budget
+from moa.layers._call import StreamedCall, call_neuron
+from moa.layers._prompts import format_responses, system_then
+from moa.layers._template import render
 from moa.layers.layer import fit_to_budget
 from moa.neurons.base import ChatMessage, Neuron, NeuronRequest, Reference
 from moa.result import LayerResult, NeuronResult, Truncation

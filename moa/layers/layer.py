@@ -7,18 +7,17 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from moa._budget import Budget, fit_references
-from moa._template import render
 from moa.errors import AllNeuronsFailed, NeuronError
+from moa.layers._budget import Budget, fit_references
 from moa.layers._call import (
     CallState,
     call_neuron,
     cut_off,
-    format_responses,
     gather_all,
     gather_until,
-    system_then,
 )
+from moa.layers._prompts import format_responses, system_then
+from moa.layers._template import render
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Reference
 from moa.result import LayerResult, NeuronResult, Truncation
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from moa.config import NeuronConfig
+from moa.config._models import NeuronConfig
 from moa.ratelimit import RateLimit
 from moa.result import Usage
 from moa.retry import RetryPolicy

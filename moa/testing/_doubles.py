@@ -26,7 +26,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from moa.config import NeuronConfig
+from moa.config._models import NeuronConfig
 from moa.hookspecs import RegisterNeuron, hookimpl
 from moa.neurons.base import Generation, Neuron, NeuronRequest
 from moa.settings import Settings

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moa._wire import describe_error
+from moa.adapters._wire import describe_error
 from moa.errors import MoAError
 from moa.mixture import MixtureOfAgents
 
 if TYPE_CHECKING:
-    from moa._batch_io import Sink
+    from moa.adapters._batch_io import Sink
 
 __all__ = [
     "BatchInputError",
@@ -245,14 +245,14 @@ async def run_batch(
 ) -> BatchSummary:
     """Run every item not yet in `output`, `concurrency` at a time, writing one row each.
 
-    `output` is a JSON Lines path or a `moa._batch_io.Sink` (Parquet shards). No new query
+    `output` is a JSON Lines path or a `moa.adapters._batch_io.Sink` (Parquet shards). No new query
     starts once the rows written cost `max_cost` USD or more. `on_start(n)` is called with
     the number of items to run, `on_item(record)` after each row is written. `run` replaces
     `moa.process` (tests).
     """
     if concurrency < 1:
         raise BatchInputError("concurrency must be at least 1")
-    from moa._batch_io import JsonlSink
+    from moa.adapters._batch_io import JsonlSink
 
     sink: Sink = JsonlSink(output, sync=sync) if isinstance(output, Path) else output
     done, unreadable = sink.done()

@@ -1,7 +1,7 @@
 """Where a batch reads its queries and writes its rows: JSON Lines or Parquet, on a local
 path or any URI pyarrow can open (`s3://bucket/prefix`, `gs://...`).
 
-- Input: a `.jsonl` file (see `moa.batch`) or Parquet (a `.parquet` file, or a directory
+- Input: a `.jsonl` file (see `moa.adapters.batch`) or Parquet (a `.parquet` file, or a directory
   named `*.parquet` holding them) with a `query` (or `messages`) column and an optional
   `id` column (default: the row number, from 1).
 - Output: JSON Lines appended to one file, or Parquet *shards* in a directory (when the
@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from moa.batch import (
+from moa.adapters.batch import (
     BatchInputError,
     BatchItem,
     JsonlAppender,

@@ -22,24 +22,23 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, JsonValue, SecretStr
 
-from moa.config import NeuronConfig
+from moa.config._models import NeuronConfig
 from moa.errors import (
     InvalidResponseError,
     MissingCredentialsError,
     NeuronError,
     redact,
 )
-from moa.hookspecs import RegisterNeuron, hookimpl
-from moa.neurons import _http
-from moa.neurons._fastpath import FastPlan, field, plan_fast_path
-from moa.neurons._providers import LITELLM_PROVIDERS
-from moa.neurons._upstream_errors import (
+from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, TokenLimits
+from moa.neurons.llm import _http
+from moa.neurons.llm._fastpath import FastPlan, field, plan_fast_path
+from moa.neurons.llm._providers import LITELLM_PROVIDERS
+from moa.neurons.llm._upstream_errors import (
     classify_exception,
     neuron_error,
     reason,
     retry_after_of,
 )
-from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, TokenLimits
 from moa.ratelimit import bucket_key
 from moa.ratelimit._call import limited
 from moa.result import Usage
@@ -463,7 +462,3 @@ class LiteLLMTokenizer:
         text: str = load_litellm().decode(model=self.model, tokens=list(tokens))
         return text.rstrip("\ufffd")  # a cut inside a multi-byte character
 
-
-@hookimpl
-def register_neurons(register: RegisterNeuron) -> None:
-    register("llm", LLMNeuron)

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from moa.batch import BatchInputError, BatchItem, BatchSummary, _key, run_item
+from moa.adapters.batch import BatchInputError, BatchItem, BatchSummary, _key, run_item
 from moa.config import MoAConfig
 from moa.ratelimit import REDIS_URL_VARIABLE
 from moa.settings import Settings

@@ -26,7 +26,7 @@ from moa.errors import (
     ProviderError,
     redact,
 )
-from moa.neurons._upstream_errors import kind_of_status, neuron_error, retry_after_seconds
+from moa.neurons.llm._upstream_errors import kind_of_status, neuron_error, retry_after_seconds
 
 if TYPE_CHECKING:
     import aiohttp

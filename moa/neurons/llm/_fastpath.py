@@ -3,7 +3,7 @@
 For the OpenAI provider and litellm's OpenAI-compatible providers, `plan_fast_path()` asks
 litellm (passed in: this module does not import it) for the provider, URL and key
 (`get_llm_provider`) and for the provider's mapping of the neuron's parameters
-(`get_optional_params`). `LLMNeuron` then sends each call itself through `moa.neurons._http`,
+(`get_optional_params`). `LLMNeuron` then sends each call itself through `moa.neurons.llm._http`,
 skipping litellm's per-call bookkeeping. `MOA_FAST_PATH=0` turns it off.
 """
 
