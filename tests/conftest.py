@@ -52,9 +52,13 @@ def _isolated(
         "OPENAI_API_KEY",
         "ANTHROPIC_API_KEY",
         "GROQ_API_KEY",
+        "MOA_REDIS_URL",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+    from moa.ratelimit import use_backend
+
+    use_backend(None)  # rate-limit buckets start empty, and the backend is chosen anew
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,18 +15,9 @@ from click.testing import CliRunner
 
 from moa import MixtureOfAgents, SpendLimitExceeded
 from moa.cli import cli
-from moa.ratelimit import use_backend
 from moa.testing import FakeProvider, Reply
 from tests._windows import max_in_window, rate
 from tests.conftest import CANARY_KEY
-
-
-@pytest.fixture(autouse=True)
-def _fresh_limiter() -> Iterator[None]:
-    """Each test starts with empty buckets in this process."""
-    use_backend(None)
-    yield
-    use_backend(None)
 
 
 def limited_config(limit: str, *, extra: str = "") -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,3 +218,40 @@ def test_two_actors_share_one_rate_limit(
     assert len(starts) == 120
     assert max_in_window(starts) <= 20 + 2  # + the closing edge, + one sent late
     assert rate(starts) == pytest.approx(20, rel=0.1)
+
+
+def _readme_commands() -> list[str]:
+    section = (ROOT / "README.md").read_text().split("## Scaling out", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
+
+
+def test_readme_scaling_out_commands_run(
+    ray_cluster: str, fake: FakeProvider, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """README's two `moa batch --backend ray` commands, as shown, on the test's Ray cluster
+    (the cluster one with its s3:// URIs pointed at local files; `--ray-address auto` finds
+    the Ray this process is connected to)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    local, cluster = _readme_commands()[:2]
+    monkeypatch.setenv("BASE_URL", fake.base_url)
+    monkeypatch.setenv("PROVIDER_API_KEY", CANARY_KEY)
+    (tmp_path / "examples").mkdir()
+    shutil.copy(ROOT / "examples" / "scale.yaml", tmp_path / "examples" / "scale.yaml")
+    Path("questions.jsonl").write_text("".join(json.dumps(f"q{i}") + "\n" for i in range(10)))
+    result = CliRunner().invoke(cli, [*shlex.split(local)[1:], "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert sorted(_ids(Path("answers.parquet"))) == list(range(1, 11))
+
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    pq.write_table(
+        pa.table({"id": [f"p{i}" for i in range(6)], "query": [f"x{i}" for i in range(6)]}),
+        bucket / "questions.parquet",
+    )
+    args = shlex.split(cluster.replace("s3://my-bucket/", f"file://{bucket}/"))
+    result = CliRunner().invoke(cli, [*args[1:], "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert sorted(_ids(bucket / "answers.parquet")) == [f"p{i}" for i in range(6)]
+    assert "spend" not in result.stderr or "$" in result.stderr
