@@ -6,11 +6,12 @@ from collections.abc import Sequence
 
 
 def max_in_window(starts: Sequence[float], window: float = 1.0) -> int:
-    """The most calls that started within any `window` seconds (both ends included)."""
+    """The most calls that started within any window [t, t + `window`) (as a provider counts
+    calls per second; evenly spaced calls at the limit give exactly the limit)."""
     times = sorted(starts)
     best = first = 0
     for last, at in enumerate(times):
-        while at - times[first] > window:
+        while at - times[first] >= window:
             first += 1
         best = max(best, last - first + 1)
     return best

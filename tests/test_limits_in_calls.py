@@ -36,17 +36,18 @@ async def test_two_mixtures_in_one_process_share_the_bucket(
     fake: FakeProvider, build: Callable[..., MixtureOfAgents]
 ) -> None:
     fake.set_default(Reply(latency=0.02))
-    first = build(limited_config("{requests_per_minute: 3000}"))
-    second = build(limited_config("{requests_per_minute: 3000}"))
+    first = build(limited_config("{requests_per_minute: 1200}"))
+    second = build(limited_config("{requests_per_minute: 1200}"))
     await asyncio.gather(first.prepare(), second.prepare())  # litellm loaded before the clock
     await asyncio.gather(
-        *(moa.process(f"q{i}") for i in range(25) for moa in (first, second))
-    )  # 100 calls at 50 a second
+        *(moa.process(f"q{i}") for i in range(15) for moa in (first, second))
+    )  # 60 calls at 20 a second
     starts = [r.started for r in fake.requests]
-    assert len(starts) == 100
-    # + 1 for the call on the window's closing edge, + 1 for a call the event loop sent late
-    assert max_in_window(starts) <= 50 + 2
-    assert rate(starts) == pytest.approx(50, rel=0.1)
+    assert len(starts) == 60
+    # Tolerance +2: calls sent up to ~100 ms late by event-loop jitter (the fake provider
+    # shares this process's GIL).
+    assert max_in_window(starts) <= 20 + 2
+    assert rate(starts) == pytest.approx(20, rel=0.1)
 
 
 async def test_a_retry_after_pauses_every_caller_of_the_bucket(

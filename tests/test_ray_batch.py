@@ -216,7 +216,8 @@ def test_two_actors_share_one_rate_limit(
     assert all(rows > 0 for rows in summary.rows_per_worker)
     starts = [r.started for r in fake.requests]
     assert len(starts) == 120
-    assert max_in_window(starts) <= 20 + 2  # + the closing edge, + one sent late
+    # Tolerance +2: calls sent up to ~100 ms late by event-loop or RPC jitter.
+    assert max_in_window(starts) <= 20 + 2
     assert rate(starts) == pytest.approx(20, rel=0.1)
 
 

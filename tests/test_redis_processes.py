@@ -86,7 +86,8 @@ def test_two_processes_share_requests_per_minute_through_redis(
     middle = {(r.last_user or "?")[0] for r in requests[40:80]}
     assert {"a", "b"} <= middle, middle
     starts = [r.started for r in requests]
-    assert max_in_window(starts) <= 20 + 2  # + the closing edge, + one sent late
+    # Tolerance +2: calls sent up to ~100 ms late by event-loop or RPC jitter.
+    assert max_in_window(starts) <= 20 + 2
     assert rate(starts) == pytest.approx(20, rel=0.1)
 
 

@@ -158,9 +158,9 @@ def run_batch_ray(
     if os.environ.get(REDIS_URL_VARIABLE):
         secrets[REDIS_URL_VARIABLE] = SecretStr(os.environ[REDIS_URL_VARIABLE])
     worker_class: Any = ray.remote(max_restarts=-1, max_task_retries=-1)(_BatchWorker)
-    workers: list[Any] = [
-        worker_class.remote(config, settings, secrets, concurrency, limiter) for _ in range(actors)
-    ]
+    # Put once and held here until the end: a restarted actor reads its arguments again.
+    setup = [ray.put(config), ray.put(settings), ray.put(secrets)]
+    workers: list[Any] = [worker_class.remote(*setup, concurrency, limiter) for _ in range(actors)]
     try:
         if on_workers is not None:
             on_workers(workers)
