@@ -13,7 +13,7 @@ ROOT = Path(moa.__file__).parent
 # litellm is imported by the llm neuron's litellm transport and by the litellm adapter only
 # (everything else reaches it through `load_litellm()`, which configures it first).
 LITELLM_IMPORTERS = {
-    "moa.neurons.llm._neuron",
+    "moa.neurons.llm._litellm",
     "moa.adapters.litellm_provider",
 }
 

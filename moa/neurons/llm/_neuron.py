@@ -1,4 +1,4 @@
-"""`LLMNeuron`: a chat model behind litellm. The only module that imports litellm (lazily).
+"""`LLMNeuron`: a chat model, called through one of two transports (see `_transport`).
 
 Routing: a model with a litellm provider prefix (`openai/`, `anthropic/`, `groq/`,
 `ollama/`, `together_ai/`...) goes to litellm as is; a bare name (`meta-llama/...`) goes to
@@ -10,50 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
-import os
-import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, JsonValue, SecretStr
 
 from moa.config._models import NeuronConfig
-from moa.errors import (
-    InvalidResponseError,
-    MissingCredentialsError,
-    NeuronError,
-    redact,
-)
+from moa.errors import InvalidResponseError, MissingCredentialsError, NeuronError
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, TokenLimits
-from moa.neurons.llm import _http
-from moa.neurons.llm._fastpath import FastPlan, field, plan_fast_path
+from moa.neurons.llm._direct import DirectTransport, plan_fast_path
+from moa.neurons.llm._litellm import LiteLLMTransport, aload_litellm, load_litellm
 from moa.neurons.llm._providers import LITELLM_PROVIDERS
-from moa.neurons.llm._upstream_errors import (
-    classify_exception,
-    neuron_error,
-    reason,
-    retry_after_of,
-)
+from moa.neurons.llm._transport import Answer, Transport
 from moa.ratelimit import bucket_key
 from moa.ratelimit._call import limited
 from moa.result import Usage
 from moa.settings import Settings
 
-__all__ = [
-    "LLMNeuron",
-    "LiteLLMTokenizer",
-    "Route",
-    "classify_exception",
-    "load_litellm",
-    "resolve_route",
-]
-
-logger = logging.getLogger("moa")
+__all__ = ["LLMConfig", "LLMNeuron", "LiteLLMTokenizer", "Route", "resolve_route"]
 
 _NO_KEY = "not-needed"  # OpenAI-compatible local servers need some key in the header
 
@@ -142,43 +118,12 @@ def _key_from(
     return None
 
 
-_litellm: ModuleType | None = None
-_litellm_lock = threading.Lock()
-_UNPLANNED = object()
-
-
-def load_litellm() -> ModuleType:
-    """Import and configure litellm once: offline cost map, no banners, no .env loading."""
-    global _litellm
-    with _litellm_lock:
-        if _litellm is None:
-            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
-            os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
-            import litellm
-
-            litellm.suppress_debug_info = True
-            litellm.telemetry = False
-            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
-                lite_logger = logging.getLogger(name)
-                for handler in list(lite_logger.handlers):
-                    lite_logger.removeHandler(handler)
-                lite_logger.addHandler(logging.NullHandler())
-                lite_logger.setLevel(logging.WARNING)
-            _litellm = litellm
-        return _litellm
-
-
-async def _aload_litellm() -> ModuleType:
-    if _litellm is not None:
-        return _litellm
-    return await asyncio.to_thread(load_litellm)
-
-
 class LLMNeuron(Neuron):
-    """A chat model. litellm resolves the provider; OpenAI-compatible endpoints are then called
-    directly (the fast path, see `plan_fast_path`), every other provider through
-    `litellm.acompletion`. Both paths parse, count, price and fail the same way."""
+    """A chat model. litellm resolves the provider; at `prepare()` the neuron picks its
+    transport once: OpenAI-compatible endpoints are called directly (`DirectTransport`, the
+    fast path), every other provider through `litellm.acompletion` (`LiteLLMTransport`).
+    Both answer in the same normalised shapes and fail with the same errors; the neuron
+    checks, counts and prices the same way whichever made the call."""
 
     Config = LLMConfig
     config: LLMConfig
@@ -197,43 +142,27 @@ class LLMNeuron(Neuron):
             self.route.api_key.get_secret_value() if self.route.api_key else None,
         )
         self._unpriced = False
-        self._plan: FastPlan | object | None = _UNPLANNED
+        self._transport: Transport | None = None
 
     @property
     def fast_path(self) -> bool:
         """True once prepared, if calls bypass litellm's per-call bookkeeping."""
-        return isinstance(self._plan, FastPlan)
+        return isinstance(self._transport, DirectTransport)
 
     async def prepare(self) -> None:
-        if self._plan is _UNPLANNED:
-            litellm = await _aload_litellm()
-            self._plan = plan_fast_path(litellm, self.config, self.route)
+        if self._transport is None:
+            litellm = await aload_litellm()
+            plan = plan_fast_path(litellm, self.config, self.route)
+            self._transport = (
+                DirectTransport(plan)
+                if plan is not None
+                else LiteLLMTransport(litellm, self.config, self.route)
+            )
 
-    def _request_kwargs(self, request: NeuronRequest) -> dict[str, Any]:
-        """litellm arguments for one attempt, without the API key (see `_complete`)."""
-        kwargs: dict[str, Any] = dict(self.config.params)
-        kwargs.update(
-            model=self.route.model,
-            messages=[dict(m) for m in request.messages],
-            temperature=self.config.temperature,
-            # moa.retry owns retries and the caller bounds each attempt: one attempt here, and
-            # an explicit timeout so litellm's hidden 600 s default never applies.
-            timeout=self.timeout,
-            num_retries=0,
-            max_retries=0,
-        )
-        if self.config.max_tokens is not None:
-            kwargs["max_tokens"] = self.config.max_tokens
-        if self.route.api_base is not None:
-            kwargs["api_base"] = self.route.api_base
-        return kwargs
-
-    async def _complete(self, litellm: ModuleType, kwargs: dict[str, Any]) -> Any:
-        """Call litellm. The key is read inline, never kept in a local variable: tracebacks
-        that capture locals (error trackers) see only the SecretStr."""
-        if self.route.api_key is None:
-            return await litellm.acompletion(**kwargs)
-        return await litellm.acompletion(**kwargs, api_key=self.route.api_key.get_secret_value())
+    async def _ready(self) -> Transport:
+        await self.prepare()
+        assert self._transport is not None
+        return self._transport
 
     def _limited(self, request: NeuronRequest) -> Any:
         """The shared rate limit around one upstream attempt (nothing without `rate_limit`)."""
@@ -246,122 +175,65 @@ class LLMNeuron(Neuron):
         )
 
     async def generate(self, request: NeuronRequest) -> Generation:
-        await self.prepare()
-        plan = self._plan
+        transport = await self._ready()
         async with self._limited(request) as permit:
-            failure: NeuronError | None = None
             try:
-                if isinstance(plan, FastPlan):
-                    body = {**plan.body, "messages": [dict(m) for m in request.messages]}
-                    response: Any = await _http.post_json(
-                        plan.url, body, api_key=plan.api_key, timeout_s=self.timeout
-                    )
-                else:
-                    litellm = await _aload_litellm()
-                    response = await self._complete(litellm, self._request_kwargs(request))
-            except NeuronError as exc:  # the fast path's own, already in moa's terms
-                failure = self._stamped(exc)
-            except Exception as exc:
-                failure = self._mapped(exc)
-            if failure is not None:
-                # Raised outside the except block: the new error has no __context__, so the
-                # litellm exception (which holds the request, headers included) is not kept.
-                raise failure
-            generation = await self._parse(response, request)
+                answer = await transport.complete(request.messages, timeout_s=self.timeout)
+            except NeuronError as exc:
+                self._stamp(exc)
+                raise  # a RateLimitError's Retry-After pauses the bucket on its way out
+            generation = await self._generation(answer, request)
             if permit is not None and generation.usage is not None:
                 usage = generation.usage
                 await permit.settle(usage.prompt_tokens + usage.completion_tokens)
-            return generation
-
-    async def _chunks(self, request: NeuronRequest) -> AsyncIterator[Any]:
-        """Raw stream chunks (dicts on the fast path, litellm objects otherwise), under the
-        rate limit for the whole stream."""
-        await self.prepare()
-        async with self._limited(request) as permit:
-            usage: Any = None
-            with self._map_errors():  # in moa's terms here, so a 429 pauses the bucket
-                async for chunk in self._raw_chunks(request):
-                    usage = field(chunk, "usage") or usage
-                    yield chunk
-            if permit is not None and usage is not None:
-                tokens = (field(usage, "prompt_tokens") or 0) + (
-                    field(usage, "completion_tokens") or 0
-                )
-                await permit.settle(int(tokens))
-
-    async def _raw_chunks(self, request: NeuronRequest) -> AsyncIterator[Any]:
-        plan = self._plan
-        if isinstance(plan, FastPlan):
-            body = {
-                **plan.body,
-                "messages": [dict(m) for m in request.messages],
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-            async for event in _http.stream_sse(
-                plan.url, body, api_key=plan.api_key, timeout_s=self.timeout
-            ):
-                yield event
-            return
-        litellm = await _aload_litellm()
-        kwargs = self._request_kwargs(request)
-        kwargs.update(stream=True, stream_options={"include_usage": True})
-        response = await self._complete(litellm, kwargs)
-        try:
-            async for chunk in response:
-                yield chunk
-        finally:
-            aclose = getattr(response, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        return generation
 
     async def stream(self, request: NeuronRequest) -> AsyncIterator[str | Generation]:
         """Stream with `stream_options.include_usage` (the provider reports usage in its last
         chunk); yield each text delta as it arrives, then the Generation."""
+        transport = await self._ready()
         pieces: list[str] = []
-        raw_usage: Any = None
+        usage: tuple[int, int] | None = None
         model: str | None = None
         finished = False
-        with self._map_errors():
-            async for chunk in self._chunks(request):
-                raw_usage = field(chunk, "usage") or raw_usage
-                model = model or field(chunk, "model")
-                choices = field(chunk, "choices")
-                if not choices:  # the include_usage chunk has choices=[]
-                    continue
-                finished = finished or bool(field(choices[0], "finish_reason"))
-                text = field(field(choices[0], "delta"), "content")
-                if isinstance(text, str) and text:
-                    pieces.append(text)
-                    yield text
+        async with self._limited(request) as permit:  # held for the whole stream
+            try:
+                async for chunk in transport.stream(request.messages, timeout_s=self.timeout):
+                    usage = chunk.usage or usage
+                    model = model or chunk.model
+                    finished = finished or chunk.finished
+                    if chunk.text:
+                        pieces.append(chunk.text)
+                        yield chunk.text
+            except NeuronError as exc:
+                self._stamp(exc)
+                raise
+            if permit is not None and usage is not None:
+                await permit.settle(usage[0] + usage[1])
         text = "".join(pieces)
         if not text.strip():
             raise self._error(InvalidResponseError, "the provider streamed no content")
         if not finished:
             raise self._error(InvalidResponseError, "the stream ended before it was complete")
-        usage = await self._usage(raw_usage, request, text)
-        yield Generation(text=text, usage=usage, cost=self.cost(usage), model=model)
+        counted = await self._usage(usage, request, text)
+        yield Generation(text=text, usage=counted, cost=self.cost(counted), model=model)
 
-    async def _parse(self, response: Any, request: NeuronRequest) -> Generation:
-        choices = field(response, "choices") or []
-        if not choices:
+    async def _generation(self, answer: Answer, request: NeuronRequest) -> Generation:
+        if not answer.choices:
             raise self._error(InvalidResponseError, "the provider returned no choices")
-        text = field(field(choices[0], "message"), "content")
-        if text is None:
+        if answer.text is None:
             raise self._error(InvalidResponseError, "the provider returned null content")
-        if not isinstance(text, str) or not text.strip():
+        if not answer.text.strip():
             raise self._error(InvalidResponseError, "the provider returned empty content")
-        usage = await self._usage(field(response, "usage"), request, text)
-        return Generation(
-            text=text, usage=usage, cost=self.cost(usage), model=field(response, "model")
-        )
+        usage = await self._usage(answer.usage, request, answer.text)
+        return Generation(text=answer.text, usage=usage, cost=self.cost(usage), model=answer.model)
 
-    async def _usage(self, raw: Any, request: NeuronRequest, text: str) -> Usage:
+    async def _usage(
+        self, reported: tuple[int, int] | None, request: NeuronRequest, text: str
+    ) -> Usage:
         """The provider's usage; counted with litellm's tokenizer when the provider sent none."""
-        prompt = field(raw, "prompt_tokens")
-        completion = field(raw, "completion_tokens")
-        if isinstance(prompt, int) and isinstance(completion, int) and prompt + completion > 0:
-            return Usage(prompt_tokens=prompt, completion_tokens=completion)
+        if reported is not None:
+            return Usage(prompt_tokens=reported[0], completion_tokens=reported[1])
         # Off the event loop: a tokenizer may load (or, outside offline mode, download).
         return await asyncio.to_thread(self.count_usage, request.messages, text)
 
@@ -414,35 +286,10 @@ class LLMNeuron(Neuron):
     def _error(self, cls: type[NeuronError], message: str, **extra: Any) -> NeuronError:
         return cls(message, neuron=self.path, model=self.config.model, **extra)
 
-    @contextmanager
-    def _map_errors(self) -> Iterator[None]:
-        """Turn litellm/openai exceptions into the moa error tree, with the key redacted
-        (for code that cannot use `generate`'s raise-outside-except shape, e.g. streams)."""
-        try:
-            yield
-        except NeuronError as exc:
-            raise self._stamped(exc) from None
-        except Exception as exc:
-            raise self._mapped(exc) from None
-
-    def _stamped(self, exc: NeuronError) -> NeuronError:
-        """The fast path's errors come without the neuron's context: add it."""
+    def _stamp(self, exc: NeuronError) -> None:
+        """The transports' errors come without the neuron's context: add it."""
         exc.model = exc.model or self.config.model
         exc.neuron = exc.neuron or self.path
-        return exc
-
-    def _mapped(self, exc: Exception) -> NeuronError:
-        """The moa error for a litellm exception, classified by its cause chain (litellm
-        reports a refused connection and a non-JSON body as HTTP 500; they are not)."""
-        secret = self.route.api_key.get_secret_value() if self.route.api_key else None
-        kind, status = classify_exception(exc)
-        error = neuron_error(
-            kind,
-            redact(reason(exc), [secret]),
-            status=status if kind not in {"connection", "not_json", "cut_stream"} else None,
-            retry_after=retry_after_of(exc),
-        )
-        return self._stamped(error)
 
     def __repr__(self) -> str:
         return f"<LLMNeuron {self.path} {self.route.model!r} at {self.route.api_base or 'litellm'}>"
@@ -461,4 +308,3 @@ class LiteLLMTokenizer:
     def decode(self, tokens: Sequence[int]) -> str:
         text: str = load_litellm().decode(model=self.model, tokens=list(tokens))
         return text.rstrip("\ufffd")  # a cut inside a multi-byte character
-

@@ -1,14 +1,21 @@
-"""What went wrong upstream, read from an exception or an HTTP answer (no litellm import).
+"""The one failure-kind table of the llm neuron, and the one place upstream text becomes ours.
 
-Shared by both call paths of `LLMNeuron`: litellm's exceptions are classified by their cause
-chain, and the fast path's HTTP answers by status and headers, into the same moa errors.
+Each transport (`_litellm`, `_direct`) reads its own failures (litellm's exceptions by their
+cause chain, HTTP answers by status and headers) into a `FailureKind`, and `neuron_error()`
+turns a kind into moa's error class, so a provider failing the same way fails the same way
+whatever made the call.
+
+`upstream_text()` is where text that came from upstream (an error body, an SSE error event,
+an exception message) becomes text moa shows, logs or raises: every transport passes such
+text through it, and it redacts the secrets before it truncates.
 """
 
 from __future__ import annotations
 
 import email.utils
-import re
+import enum
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from moa.errors import (
@@ -18,98 +25,46 @@ from moa.errors import (
     ProviderConnectionError,
     ProviderError,
     RateLimitError,
+    redact,
 )
 from moa.errors import TimeoutError as NeuronTimeout
 
 __all__ = [
-    "classify_exception",
+    "FailureKind",
     "kind_of_status",
     "neuron_error",
-    "reason",
-    "retry_after_of",
     "retry_after_seconds",
+    "upstream_text",
 ]
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """`exc` and the exceptions it was raised from, outermost first."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not seen for seen in chain) and len(chain) < 16:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
+class FailureKind(enum.StrEnum):
+    """What went wrong upstream, whichever transport saw it."""
+
+    RATE_LIMIT = "rate_limit"
+    """429: too many requests (retried, honouring Retry-After)."""
+    AUTH = "auth"
+    """401/403: the key was rejected (never retried)."""
+    TIMEOUT = "timeout"
+    """No answer in time, or 408 (retried)."""
+    CONNECTION = "connection"
+    """Refused, reset or dropped before an answer (retried)."""
+    NOT_JSON = "not_json"
+    """A 2xx whose body is not JSON (never retried)."""
+    CUT_STREAM = "cut_stream"
+    """A stream that ended before `[DONE]` (never retried once text was delivered)."""
+    ERROR = "error"
+    """Anything else the provider answered with; retried for 409 and 5xx."""
 
 
-def _kinds(chain: list[BaseException]) -> set[tuple[str, str]]:
-    """(top-level module, class name) of every class in the MRO of every exception."""
-    return {
-        (klass.__module__.partition(".")[0], klass.__name__)
-        for error in chain
-        for klass in type(error).__mro__
-    }
+def upstream_text(raw: str | bytes, secrets: Iterable[str | None], *, limit: int = 500) -> str:
+    """Text from upstream as moa may show it: decoded, every secret in `secrets` redacted,
+    then cut to `limit` characters (redacting first: a key at the cut leaves no prefix).
 
-
-_AUTH_NAMES = frozenset({"AuthenticationError", "PermissionDeniedError"})
-_TIMEOUTS = {
-    ("openai", "APITimeoutError"),
-    ("httpx", "TimeoutException"),
-    ("builtins", "TimeoutError"),
-}
-_CONNECTION = {
-    ("openai", "APIConnectionError"),
-    ("httpx", "NetworkError"),
-    ("httpx", "RemoteProtocolError"),
-    ("aiohttp", "ClientConnectionError"),
-    ("builtins", "ConnectionError"),
-}
-
-
-def classify_exception(exc: BaseException) -> tuple[str, int | None]:
-    """What went wrong in a litellm/openai call, and the upstream HTTP status if there was
-    one: kind is rate_limit, auth, timeout, connection, not_json, cut_stream or error.
-
-    The causes decide first: litellm's top-level class says "InternalServerError (500)" for
-    a refused connection and for a body that is not JSON alike.
-    """
-    chain = _causes(exc)
-    causes = _kinds(chain[1:])
-    if causes & _TIMEOUTS:
-        return "timeout", None
-    if ("json", "JSONDecodeError") in causes:
-        return "not_json", None
-    if ("builtins", "StopAsyncIteration") in causes:
-        return "cut_stream", None
-    if causes & _CONNECTION:
-        return "connection", None
-    raw = getattr(exc, "status_code", None)
-    status = raw if isinstance(raw, int) else None
-    name = type(exc).__name__
-    if status == 429 or name == "RateLimitError":
-        return "rate_limit", status or 429
-    if status in {401, 403} or name in _AUTH_NAMES:
-        return "auth", status
-    if status == 408 or (status is None and (_kinds(chain[:1]) & _TIMEOUTS)):
-        return "timeout", status
-    return "error", status
-
-
-_PREFIX = re.compile(r"^(?:litellm\.)?(?:\w*(?:Error|Exception|Timeout)|Timeout Error)(?::| -)\s+")
-
-
-def reason(exc: BaseException) -> str:
-    """The provider's message without litellm's repeated class-name prefixes."""
-    text = str(getattr(exc, "message", None) or exc).strip()
-    for _ in range(6):
-        stripped = _PREFIX.sub("", text, count=1)
-        if stripped == text:
-            break
-        text = stripped
-    if text in {"", "Connection error."}:  # say what actually failed
-        chain = _causes(exc)
-        root = chain[-1]
-        text = f"{text} {type(root).__name__}: {root}".strip() if len(chain) > 1 else text
-    return text[:500]
+    Every transport passes upstream text through here before it reaches an error, a log or a
+    result; this is the place to widen what is redacted."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return redact(text, secrets)[:limit]
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -131,39 +86,36 @@ def retry_after_seconds(headers: Any) -> float | None:
         return None
 
 
-def retry_after_of(exc: BaseException) -> float | None:
-    """The Retry-After of the HTTP response an exception carries, if any."""
-    return retry_after_seconds(getattr(getattr(exc, "response", None), "headers", None))
-
-
-def kind_of_status(status: int) -> str:
-    """The failure kind of an HTTP error status, as `classify_exception` names them."""
+def kind_of_status(status: int) -> FailureKind:
+    """The failure kind of an HTTP error status."""
     if status == 429:
-        return "rate_limit"
+        return FailureKind.RATE_LIMIT
     if status in (401, 403):
-        return "auth"
+        return FailureKind.AUTH
     if status == 408:
-        return "timeout"
-    return "error"
+        return FailureKind.TIMEOUT
+    return FailureKind.ERROR
 
 
 def neuron_error(
-    kind: str, message: str, *, status: int | None = None, retry_after: float | None = None
+    kind: FailureKind, message: str, *, status: int | None = None, retry_after: float | None = None
 ) -> NeuronError:
-    """moa's error for a failure kind: the one mapping both call paths use, so a provider
-    failing the same way fails the same way whether litellm or moa made the call."""
-    if kind == "rate_limit":
-        return RateLimitError(
-            f"rate limited: {message}", status_code=status, retry_after=retry_after
-        )
-    if kind == "auth":
-        return AuthenticationError(f"credentials rejected: {message}", status_code=status)
-    if kind == "timeout":
-        return NeuronTimeout(f"timed out: {message}", status_code=status, retry_after=retry_after)
-    if kind == "connection":
-        return ProviderConnectionError(f"connection failed: {message}")
-    if kind == "not_json":
-        return InvalidResponseError(f"the response body is not valid JSON: {message}")
-    if kind == "cut_stream":
-        return InvalidResponseError("the stream ended before it was complete (no [DONE])")
+    """moa's error for a failure kind (`message` already through `upstream_text`)."""
+    match kind:
+        case FailureKind.RATE_LIMIT:
+            return RateLimitError(
+                f"rate limited: {message}", status_code=status, retry_after=retry_after
+            )
+        case FailureKind.AUTH:
+            return AuthenticationError(f"credentials rejected: {message}", status_code=status)
+        case FailureKind.TIMEOUT:
+            return NeuronTimeout(
+                f"timed out: {message}", status_code=status, retry_after=retry_after
+            )
+        case FailureKind.CONNECTION:
+            return ProviderConnectionError(f"connection failed: {message}")
+        case FailureKind.NOT_JSON:
+            return InvalidResponseError(f"the response body is not valid JSON: {message}")
+        case FailureKind.CUT_STREAM:
+            return InvalidResponseError("the stream ended before it was complete (no [DONE])")
     return ProviderError(message, status_code=status, retry_after=retry_after)
