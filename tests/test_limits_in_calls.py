@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from moa import MixtureOfAgents, SpendLimitExceeded
 from moa.cli import cli
 from moa.testing import FakeProvider, Reply
-from tests._windows import max_in_window, rate
 from tests.conftest import CANARY_KEY
 
 
@@ -42,12 +41,12 @@ async def test_two_mixtures_in_one_process_share_the_bucket(
     await asyncio.gather(
         *(moa.process(f"q{i}") for i in range(15) for moa in (first, second))
     )  # 60 calls at 20 a second
-    starts = [r.started for r in fake.requests]
+    starts = sorted(r.started for r in fake.requests)
     assert len(starts) == 60
-    # Tolerance +2: calls sent up to ~100 ms late by event-loop jitter (the fake provider
-    # shares this process's GIL).
-    assert max_in_window(starts) <= 20 + 2
-    assert rate(starts) == pytest.approx(20, rel=0.1)
+    # Never faster than one bucket allows (unshared, each mixture would go at 20 a second
+    # and all would be sent in 1.45 s). Calls are sent no earlier than reserved, however
+    # loaded the machine is; only the first may arrive late (its new connection): 0.2 s.
+    assert starts[-1] - starts[0] >= 59 * 0.05 - 0.2
 
 
 async def test_a_retry_after_pauses_every_caller_of_the_bucket(

@@ -216,8 +216,10 @@ def test_two_actors_share_one_rate_limit(
     assert all(rows > 0 for rows in summary.rows_per_worker)
     starts = [r.started for r in fake.requests]
     assert len(starts) == 120
-    # Tolerance +2: calls sent up to ~100 ms late by event-loop or RPC jitter.
-    assert max_in_window(starts) <= 20 + 2
+    assert sorted(starts)[-1] - sorted(starts)[0] >= 119 * 0.05 - 0.2  # never faster
+    # Tolerance +2: calls sent up to ~100 ms late by event-loop or RPC jitter. (A machine far
+    # more loaded than its cores stops whole processes for longer: see benchmarks/scale.py.)
+    assert max_in_window(starts) <= 20 + 2, f"load average {os.getloadavg()}"
     assert rate(starts) == pytest.approx(20, rel=0.1)
 
 

@@ -86,8 +86,10 @@ def test_two_processes_share_requests_per_minute_through_redis(
     middle = {(r.last_user or "?")[0] for r in requests[40:80]}
     assert {"a", "b"} <= middle, middle
     starts = [r.started for r in requests]
-    # Tolerance +2: calls sent up to ~100 ms late by event-loop or RPC jitter.
-    assert max_in_window(starts) <= 20 + 2
+    assert sorted(starts)[-1] - sorted(starts)[0] >= 119 * 0.05 - 0.2  # never faster
+    # Tolerance +2: calls sent up to ~100 ms late by event-loop or RPC jitter. (A machine far
+    # more loaded than its cores stops whole processes for longer: see benchmarks/scale.py.)
+    assert max_in_window(starts) <= 20 + 2, f"load average {os.getloadavg()}"
     assert rate(starts) == pytest.approx(20, rel=0.1)
 
 

@@ -17,20 +17,19 @@ for Parquet or a URI (`pip install 'moa-llm[ray]'` brings it).
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from moa.adapters.batch import (
     BatchInputError,
     BatchItem,
-    JsonlAppender,
+    JsonlSink,
+    Sink,
     _key,
     parse_line,
     read_items,
-    written_ids,
 )
 
 __all__ = ["JsonlSink", "ParquetSink", "Sink", "is_parquet", "open_sink", "read_any"]
@@ -120,72 +119,6 @@ def _read_parquet(path: str) -> list[BatchItem]:
         _check_unique(path, item, number, seen)
         items.append(item)
     return items
-
-
-class Sink(Protocol):
-    """Where rows go. `done()` is called once, before the first `write`."""
-
-    def done(self) -> tuple[set[str], int]:
-        """Keys (`json.dumps(id)`) already written, and unreadable lines/shards ignored."""
-        ...
-
-    def open(self) -> None:
-        """Get ready to write (fails early if the output cannot be written)."""
-        ...
-
-    def write(self, record: dict[str, Any]) -> None: ...
-
-    def flush(self) -> None:
-        """Make everything written so far durable."""
-        ...
-
-    def checkpoint(self) -> None:
-        """Make what was written durable if it is cheap or due (after a chunk of rows)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class JsonlSink:
-    """Appends to a local JSON Lines file (see `JsonlAppender`)."""
-
-    def __init__(self, path: Path, *, sync: bool = True) -> None:
-        self.path = path
-        self.sync = sync
-        self._appender: JsonlAppender | None = None
-
-    def done(self) -> tuple[set[str], int]:
-        try:
-            return written_ids(self.path)
-        except OSError as exc:
-            raise BatchInputError(
-                f"cannot use {self.path} as output: {exc.strerror or exc}"
-            ) from None
-
-    def open(self) -> None:
-        if self._appender is None:
-            try:
-                self._appender = JsonlAppender(self.path, sync=self.sync)
-            except OSError as exc:
-                raise BatchInputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.open()
-        assert self._appender is not None
-        self._appender.write_line(record)
-
-    def flush(self) -> None:
-        if self._appender is not None and self.sync:
-            os.fsync(self._appender._fd)
-
-    def checkpoint(self) -> None:
-        self.flush()
-
-    def close(self) -> None:
-        if self._appender is not None:
-            self.flush()
-            self._appender.close()
-            self._appender = None
 
 
 _COLUMNS = ("id", "content", "error", "error_type", "usage", "cost", "seconds", "result")

@@ -22,20 +22,19 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from moa.adapters._wire import describe_error
 from moa.errors import MoAError
 from moa.mixture import MixtureOfAgents
-
-if TYPE_CHECKING:
-    from moa.adapters._batch_io import Sink
 
 __all__ = [
     "BatchInputError",
     "BatchItem",
     "BatchSummary",
     "JsonlAppender",
+    "JsonlSink",
+    "Sink",
     "parse_line",
     "read_items",
     "run_batch",
@@ -205,6 +204,72 @@ class JsonlAppender:
         os.close(self._fd)
 
 
+class Sink(Protocol):
+    """Where rows go. `done()` is called once, before the first `write`."""
+
+    def done(self) -> tuple[set[str], int]:
+        """Keys (`json.dumps(id)`) already written, and unreadable lines/shards ignored."""
+        ...
+
+    def open(self) -> None:
+        """Get ready to write (fails early if the output cannot be written)."""
+        ...
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def flush(self) -> None:
+        """Make everything written so far durable."""
+        ...
+
+    def checkpoint(self) -> None:
+        """Make what was written durable if it is cheap or due (after a chunk of rows)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Appends to a local JSON Lines file (see `JsonlAppender`)."""
+
+    def __init__(self, path: Path, *, sync: bool = True) -> None:
+        self.path = path
+        self.sync = sync
+        self._appender: JsonlAppender | None = None
+
+    def done(self) -> tuple[set[str], int]:
+        try:
+            return written_ids(self.path)
+        except OSError as exc:
+            raise BatchInputError(
+                f"cannot use {self.path} as output: {exc.strerror or exc}"
+            ) from None
+
+    def open(self) -> None:
+        if self._appender is None:
+            try:
+                self._appender = JsonlAppender(self.path, sync=self.sync)
+            except OSError as exc:
+                raise BatchInputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.open()
+        assert self._appender is not None
+        self._appender.write_line(record)
+
+    def flush(self) -> None:
+        if self._appender is not None and self.sync:
+            os.fsync(self._appender._fd)
+
+    def checkpoint(self) -> None:
+        self.flush()
+
+    def close(self) -> None:
+        if self._appender is not None:
+            self.flush()
+            self._appender.close()
+            self._appender = None
+
+
 def _success(item: BatchItem, moa_result: Any, seconds: float) -> dict[str, Any]:
     return {
         "id": item.id,
@@ -245,15 +310,13 @@ async def run_batch(
 ) -> BatchSummary:
     """Run every item not yet in `output`, `concurrency` at a time, writing one row each.
 
-    `output` is a JSON Lines path or a `moa.adapters._batch_io.Sink` (Parquet shards). No new query
-    starts once the rows written cost `max_cost` USD or more. `on_start(n)` is called with
-    the number of items to run, `on_item(record)` after each row is written. `run` replaces
-    `moa.process` (tests).
+    `output` is a JSON Lines path or a `Sink` (`moa.adapters._batch_io` has Parquet shards).
+    No new query starts once the rows written cost `max_cost` USD or more. `on_start(n)` is
+    called with the number of items to run, `on_item(record)` after each row is written.
+    `run` replaces `moa.process` (tests).
     """
     if concurrency < 1:
         raise BatchInputError("concurrency must be at least 1")
-    from moa.adapters._batch_io import JsonlSink
-
     sink: Sink = JsonlSink(output, sync=sync) if isinstance(output, Path) else output
     done, unreadable = sink.done()
     todo = [item for item in items if _key(item.id) not in done]
