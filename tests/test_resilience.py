@@ -302,7 +302,8 @@ async def test_a_stream_that_has_produced_text_is_never_retried(
     # timeout on a busy machine: warm it up first, so the attempts counted are the test's.
     assert [p async for p in open_litellm_stream(neuron, request)]
     fake.script("m/A", reply, *[Reply()] * 2)
-    retrying = Retrying(neuron.retry_policy, neuron.timeout)
+    plan = mixture.layers[0].plans[0]
+    retrying = Retrying(plan.retry, plan.timeout)
     received: list[str] = []
     with pytest.raises(error) as caught:
         async for piece in retrying.stream(lambda: open_litellm_stream(neuron, request)):
@@ -319,7 +320,8 @@ async def test_a_stream_failing_before_its_first_token_is_retried(
     assert isinstance(neuron, LLMNeuron)
     fake.script("m/A", Reply(status=503), Reply(fault="reset"), Reply(content="at last"))
     request = NeuronRequest(messages=({"role": "user", "content": "hi"},))
-    retrying = Retrying(neuron.retry_policy, neuron.timeout)
+    plan = mixture.layers[0].plans[0]
+    retrying = Retrying(plan.retry, plan.timeout)
     pieces = [p async for p in retrying.stream(lambda: open_litellm_stream(neuron, request))]
     assert "".join(pieces) == "at last" and retrying.attempts == 3
 

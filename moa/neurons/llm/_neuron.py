@@ -128,21 +128,38 @@ class LLMNeuron(Neuron):
     Config = LLMConfig
     config: LLMConfig
 
-    def __init__(
-        self, config: NeuronConfig, *, settings: Settings | None = None, path: str = "neuron"
-    ) -> None:
-        super().__init__(config, settings=settings, path=path)
-        if not isinstance(config, LLMConfig):
-            raise TypeError(f"LLMNeuron needs an LLMConfig, got {type(config).__name__}")
-        self.route = resolve_route(config, self.settings, where=path)
-        # The rate-limit bucket: endpoint (or litellm provider), model, key fingerprint.
-        self.bucket = bucket_key(
-            self.route.api_base or _provider_prefix(self.route.model) or "litellm",
-            self.route.model,
-            self.route.api_key.get_secret_value() if self.route.api_key else None,
+    _route: Route | None = None
+    _transport: Transport | None = None
+    _unpriced = False
+
+    def bind(self, *, settings: Settings, path: str) -> None:
+        super().bind(settings=settings, path=path)
+        # resolved now, so a missing key fails when the mixture is built
+        self._route = resolve_route(self.config, settings, where=path)
+
+    @property
+    def route(self) -> Route:
+        """Where this neuron's calls go (resolved with `settings` on first use if not bound)."""
+        if self._route is None:
+            self._route = resolve_route(self.config, self.settings, where=self.path)
+        return self._route
+
+    def _timeout(self, request: NeuronRequest) -> float:
+        """This attempt's timeout: the caller's (in the request), else the neuron's own
+        config, else the settings' (litellm's hidden 600 s default never applies)."""
+        if request.timeout is not None:
+            return request.timeout
+        return self.config.timeout or self.settings.request_timeout
+
+    @property
+    def bucket(self) -> str:
+        """The rate-limit bucket: endpoint (or litellm provider), model, key fingerprint."""
+        route = self.route
+        return bucket_key(
+            route.api_base or _provider_prefix(route.model) or "litellm",
+            route.model,
+            route.api_key.get_secret_value() if route.api_key else None,
         )
-        self._unpriced = False
-        self._transport: Transport | None = None
 
     @property
     def fast_path(self) -> bool:
@@ -171,14 +188,15 @@ class LLMNeuron(Neuron):
             self.bucket,
             request.messages,
             max_tokens=self.config.max_tokens,
-            attempt_seconds=self.timeout,
+            attempt_seconds=self._timeout(request),
         )
 
     async def generate(self, request: NeuronRequest) -> Generation:
         transport = await self._ready()
+        timeout = self._timeout(request)
         async with self._limited(request) as permit:
             try:
-                answer = await transport.complete(request.messages, timeout_s=self.timeout)
+                answer = await transport.complete(request.messages, timeout_s=timeout)
             except NeuronError as exc:
                 self._stamp(exc)
                 raise  # a RateLimitError's Retry-After pauses the bucket on its way out
@@ -196,9 +214,10 @@ class LLMNeuron(Neuron):
         usage: tuple[int, int] | None = None
         model: str | None = None
         finished = False
+        timeout = self._timeout(request)
         async with self._limited(request) as permit:  # held for the whole stream
             try:
-                async for chunk in transport.stream(request.messages, timeout_s=self.timeout):
+                async for chunk in transport.stream(request.messages, timeout_s=timeout):
                     usage = chunk.usage or usage
                     model = model or chunk.model
                     finished = finished or chunk.finished
