@@ -140,3 +140,19 @@ async def test_backends_settle_tokens(limiter: RateLimiter) -> None:
     started = time.monotonic()
     async with limiter.permit("p|t|k", limit, tokens=1):
         assert time.monotonic() - started > 0.25
+
+
+async def test_an_unreachable_redis_is_a_clear_error_without_the_url() -> None:
+    import socket
+
+    from moa.ratelimit._redis import RateLimiterUnavailable
+
+    with socket.socket() as sock:  # a free port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    limiter = RateLimiter(RedisBackend(f"redis://:hunter2@127.0.0.1:{port}/0"))
+    with pytest.raises(RateLimiterUnavailable) as caught:
+        async with limiter.permit("p|m|k", RPM_1200):
+            pass
+    assert "MOA_REDIS_URL" in str(caught.value) and "hunter2" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__

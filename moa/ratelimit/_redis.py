@@ -15,11 +15,31 @@ from __future__ import annotations
 import asyncio
 import uuid
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+from moa.errors import MoAError
 from moa.ratelimit._core import CONCURRENCY_POLL, HORIZON, RateLimit, Reservation
 
-__all__ = ["RedisBackend"]
+__all__ = ["RateLimiterUnavailable", "RedisBackend"]
+
+
+class RateLimiterUnavailable(MoAError):
+    """The shared rate limiter's store (Redis at MOA_REDIS_URL) could not be used: no call
+    is made without it. The message never shows the URL (it may hold a password)."""
+
+
+@asynccontextmanager
+async def _redis_errors() -> AsyncIterator[None]:
+    import redis.exceptions
+
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        raise RateLimiterUnavailable(
+            f"the shared rate limiter cannot use Redis (MOA_REDIS_URL): {type(exc).__name__}"
+        ) from None
 
 _PREFIX = "moa:rl:"
 _IDLE_MS = 3_600_000
@@ -131,35 +151,39 @@ class RedisBackend:
         _, reserve, _, _ = self._scripts()
         request_interval, token_interval = limit.intervals()
         lease = uuid.uuid4().hex if limit.max_concurrency is not None else ""
-        granted, delay = await reserve(
-            keys=_keys(key),
-            args=[
-                request_interval,
-                token_interval,
-                tokens,
-                limit.max_concurrency or 0,
-                lease_seconds,
-                HORIZON,
-                lease,
-                CONCURRENCY_POLL,
-                _IDLE_MS,
-            ],
-        )
+        async with _redis_errors():
+            granted, delay = await reserve(
+                keys=_keys(key),
+                args=[
+                    request_interval,
+                    token_interval,
+                    tokens,
+                    limit.max_concurrency or 0,
+                    lease_seconds,
+                    HORIZON,
+                    lease,
+                    CONCURRENCY_POLL,
+                    _IDLE_MS,
+                ],
+            )
         return Reservation(bool(granted), float(delay), lease if granted and lease else None)
 
     async def settle(self, key: str, limit: RateLimit, tokens: int) -> None:
         _, _, settle, _ = self._scripts()
         _, token_interval = limit.intervals()
         if token_interval:
-            await settle(keys=_keys(key)[:1], args=[f"{tokens * token_interval:.6f}"])
+            async with _redis_errors():
+                await settle(keys=_keys(key)[:1], args=[f"{tokens * token_interval:.6f}"])
 
     async def release(self, key: str, lease: str) -> None:
         client = self._scripts()[0]
-        await client.zrem(_keys(key)[1], lease)
+        async with _redis_errors():
+            await client.zrem(_keys(key)[1], lease)
 
     async def pause(self, key: str, seconds: float) -> None:
         _, _, _, pause = self._scripts()
-        await pause(keys=_keys(key)[:1], args=[seconds, _IDLE_MS])
+        async with _redis_errors():
+            await pause(keys=_keys(key)[:1], args=[seconds, _IDLE_MS])
 
     async def aclose(self) -> None:
         """Close this loop's connection pool."""
