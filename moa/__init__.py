@@ -34,6 +34,7 @@ from moa.errors import (
     ProviderError,
     QueryError,
     RateLimitError,
+    RateLimiterUnavailable,
     SpendLimitExceeded,
     TimeoutError,  # noqa: A004 - the documented name of moa's timeout error
 )
@@ -97,6 +98,7 @@ __all__ = [
     "QueryError",
     "RateLimit",
     "RateLimitError",
+    "RateLimiterUnavailable",
     "Reference",
     "RetryConfig",
     "Settings",

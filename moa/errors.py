@@ -17,7 +17,8 @@ MoAError
 │   └── TimeoutError            no answer in time, or 408 (retried; also a builtins.TimeoutError)
 ├── AllNeuronsFailed            every neuron of a layer failed (an ExceptionGroup of the causes)
 ├── AggregationFailed           the aggregator and its fallbacks failed; the proposals are kept
-└── SpendLimitExceeded          a query reached max_cost_per_query; the layers it paid for are kept
+├── SpendLimitExceeded          a query reached max_cost_per_query; the layers it paid for are kept
+└── RateLimiterUnavailable      the shared rate limiter's Redis (MOA_REDIS_URL) cannot be used
 ```
 
 Which `NeuronError`s are retried is decided in one place, `moa.retry.is_retryable()`: rate
@@ -55,6 +56,7 @@ __all__ = [
     "ProviderError",
     "QueryError",
     "RateLimitError",
+    "RateLimiterUnavailable",
     "SpendLimitExceeded",
     "TimeoutError",
     "redact",
@@ -295,6 +297,11 @@ class SpendLimitExceeded(MoAError):
                 {"spent": self.spent, "limit": self.limit, "layers": self.layers},
             ),
         )
+
+
+class RateLimiterUnavailable(MoAError):
+    """The shared rate limiter's store (Redis at `MOA_REDIS_URL`) could not be used: no call
+    is made without it. The message never shows the URL (it may hold a password)."""
 
 
 def _rebuild(cls: type[Exception], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Exception:

@@ -145,7 +145,7 @@ async def test_backends_settle_tokens(limiter: RateLimiter) -> None:
 async def test_an_unreachable_redis_is_a_clear_error_without_the_url() -> None:
     import socket
 
-    from moa.ratelimit._redis import RateLimiterUnavailable
+    from moa import RateLimiterUnavailable
 
     with socket.socket() as sock:  # a free port nothing listens on
         sock.bind(("127.0.0.1", 0))

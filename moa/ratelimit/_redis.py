@@ -19,15 +19,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from moa.errors import MoAError
+from moa.errors import RateLimiterUnavailable
 from moa.ratelimit._core import CONCURRENCY_POLL, HORIZON, RateLimit, Reservation
 
-__all__ = ["RateLimiterUnavailable", "RedisBackend"]
-
-
-class RateLimiterUnavailable(MoAError):
-    """The shared rate limiter's store (Redis at MOA_REDIS_URL) could not be used: no call
-    is made without it. The message never shows the URL (it may hold a password)."""
+__all__ = ["RedisBackend"]
 
 
 @asynccontextmanager
