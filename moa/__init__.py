@@ -16,6 +16,7 @@ from moa.config import (
     MoAConfig,
     NeuronConfig,
     ProposalLayerConfig,
+    RateLimit,
     RetryConfig,
     load_config,
 )
@@ -33,6 +34,8 @@ from moa.errors import (
     ProviderError,
     QueryError,
     RateLimitError,
+    RateLimiterUnavailable,
+    SpendLimitExceeded,
     TimeoutError,  # noqa: A004 - the documented name of moa's timeout error
 )
 from moa.events import (
@@ -95,10 +98,13 @@ __all__ = [
     "ProviderConnectionError",
     "ProviderError",
     "QueryError",
+    "RateLimit",
     "RateLimitError",
+    "RateLimiterUnavailable",
     "Reference",
     "RetryConfig",
     "Settings",
+    "SpendLimitExceeded",
     "StreamFailed",
     "TimeoutError",
     "Token",

@@ -16,7 +16,9 @@ MoAError
 │   ├── AuthenticationError     401 / 403 (never retried)
 │   └── TimeoutError            no answer in time, or 408 (retried; also a builtins.TimeoutError)
 ├── AllNeuronsFailed            every neuron of a layer failed (an ExceptionGroup of the causes)
-└── AggregationFailed           the aggregator and its fallbacks failed; the proposals are kept
+├── AggregationFailed           the aggregator and its fallbacks failed; the proposals are kept
+├── SpendLimitExceeded          a query reached max_cost_per_query; the layers it paid for are kept
+└── RateLimiterUnavailable      the shared rate limiter's Redis (MOA_REDIS_URL) cannot be used
 ```
 
 Which `NeuronError`s are retried is decided in one place, `moa.retry.is_retryable()`: rate
@@ -55,6 +57,8 @@ __all__ = [
     "ProviderError",
     "QueryError",
     "RateLimitError",
+    "RateLimiterUnavailable",
+    "SpendLimitExceeded",
     "TimeoutError",
     "redact",
 ]
@@ -271,6 +275,39 @@ class AggregationFailed(MoAError):
     def __reduce__(self) -> Any:
         state = {"cause": self.cause, "layers": self.layers, "partial_text": self.partial_text}
         return (_rebuild, (type(self), (str(self),), state))
+
+
+class SpendLimitExceeded(MoAError):
+    """A query's calls cost `spent` USD, reaching `max_cost_per_query` (`limit`): no further
+    layer was started. `layers` holds every completed layer, so nothing paid for is lost."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        spent: float = 0.0,
+        limit: float = 0.0,
+        layers: Sequence[LayerResult] = (),
+    ) -> None:
+        self.spent = spent
+        self.limit = limit
+        self.layers = tuple(layers)
+        super().__init__(message)
+
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild,
+            (
+                type(self),
+                (str(self),),
+                {"spent": self.spent, "limit": self.limit, "layers": self.layers},
+            ),
+        )
+
+
+class RateLimiterUnavailable(MoAError):
+    """The shared rate limiter's store (Redis at `MOA_REDIS_URL`) could not be used: no call
+    is made without it. The message never shows the URL (it may hold a password)."""
 
 
 def _rebuild(cls: type[Exception], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Exception:

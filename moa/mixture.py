@@ -23,7 +23,7 @@ from moa._sync import run_sync
 from moa._unicode import lone_surrogate
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
-from moa.errors import AggregationFailed, AllNeuronsFailed, QueryError
+from moa.errors import AggregationFailed, AllNeuronsFailed, QueryError, SpendLimitExceeded
 from moa.events import (
     AggregationStarted,
     AnnotatorFinished,
@@ -120,6 +120,7 @@ def _call_plan(
     policy and fallbacks (`fallbacks`: configs and paths; default: the neuron's own
     `fallbacks` key)."""
     neuron = get_neuron_class(config.type).create(config, settings=settings, path=path)
+    neuron.rate_limit = config.rate_limit or top.rate_limit
     retry = top.retry
     retries = config.max_retries if config.max_retries is not None else retry.max_retries
     if fallbacks is None:
@@ -287,6 +288,22 @@ class MixtureOfAgents:
             if isinstance(event, Token):
                 yield event.text
 
+    def _check_spend(self, annotator: NeuronResult | None, completed: list[LayerResult]) -> None:
+        """Raise `SpendLimitExceeded` if the query's calls so far cost `max_cost_per_query`."""
+        cap = self.config.max_cost_per_query
+        if cap is None:
+            return
+        calls = [annotator] if annotator is not None else []
+        spent = sum(n.cost or 0.0 for n in [*calls, *(n for r in completed for n in r.neurons)])
+        if spent >= cap:
+            raise SpendLimitExceeded(
+                f"the query has cost ${spent:.6f}, reaching max_cost_per_query ${cap}: "
+                "no further layer was started",
+                spent=spent,
+                limit=cap,
+                layers=completed,
+            )
+
     def _run(self, query: Query, *, stream: bool) -> AsyncIterator[MoAEvent]:
         """The pipeline, traced when tracing is on (see `moa.tracing`)."""
         run = tracing.start_run(self, stream=stream)
@@ -318,6 +335,7 @@ class MixtureOfAgents:
         try:
             references: tuple[Reference, ...] = ()
             for layer in self.layers:
+                self._check_spend(annotator_result, completed)
                 yield LayerStarted(layer=layer.name, index=layer.index)
                 with run.layer(layer.name, layer.index) as span:
                     if stream:
@@ -346,6 +364,7 @@ class MixtureOfAgents:
                 references = references_from(result)
                 yield LayerFinished(layer=result)
 
+            self._check_spend(annotator_result, completed)
             rng = (
                 random.Random(self.config.seed) if self.config.seed is not None else random.Random()
             )

@@ -79,9 +79,13 @@ def _isolated(
         "OPENAI_API_KEY",
         "ANTHROPIC_API_KEY",
         "GROQ_API_KEY",
+        "MOA_REDIS_URL",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+    from moa.ratelimit import use_backend
+
+    use_backend(None)  # rate-limit buckets start empty, and the backend is chosen anew
 
 
 @pytest.fixture
@@ -129,3 +133,51 @@ def echo_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """tests/plugins/moa-echo, installed for real into a private directory for this session."""
     with installed(ECHO_PLUGIN, tmp_path_factory.mktemp("site-packages"), "moa_echo") as target:
         yield target
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (Debian's `redis-server` package) on 127.0.0.1 and a free port,
+    with no persistence, for the session."""
+    import shutil
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: apt-get install -y redis-server")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly",
+         "no", "--dir", str(workdir), "--protected-mode", "yes", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        import socket
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                err = process.stderr.read().decode() if process.stderr else ""
+                pytest.fail(f"redis-server did not start: {err}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from moa._unicode import json_bytes, lone_surrogate
 from moa.adapters._wire import describe_error
@@ -43,8 +43,12 @@ __all__ = [
     "BatchOutputError",
     "BatchSummary",
     "JsonlAppender",
+    "JsonlSink",
+    "Sink",
+    "parse_line",
     "read_items",
     "run_batch",
+    "run_item",
     "written_ids",
 ]
 
@@ -79,6 +83,19 @@ class BatchSummary:
     skipped: int = 0
     unreadable_output_lines: int = 0
     failed_ids: list[ItemId] = field(default_factory=list)
+    cost: float = 0.0
+    rows_per_worker: list[int] = field(default_factory=list)
+    """Rows each Ray actor returned (`--backend ray` only)."""
+    stopped_by_cost: bool = False
+    """True when `max_cost` was reached and the remaining queries were not started."""
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Count one written row."""
+        self.done += 1
+        self.cost += record.get("cost") or 0.0
+        if record.get("error") is not None:
+            self.errors += 1
+            self.failed_ids.append(record["id"])
 
 
 def _key(item_id: ItemId) -> str:
@@ -102,7 +119,7 @@ def read_items(path: Path) -> list[BatchItem]:
         else:
             if not line.strip():
                 continue
-            item = _parse_line(line, number)
+            item = parse_line(line, number)
         key = _key(item.id)
         if key in seen:
             raise BatchInputError(
@@ -114,7 +131,8 @@ def read_items(path: Path) -> list[BatchItem]:
     return items
 
 
-def _parse_line(line: str, number: int) -> BatchItem:
+def parse_line(line: str, number: int) -> BatchItem:
+    """One input line as an item (with `problem` set when it is not a usable query)."""
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -219,6 +237,89 @@ class JsonlAppender:
         os.close(self._fd)
 
 
+class Sink(Protocol):
+    """Where rows go. `done()` is called once, before the first `write`."""
+
+    def done(self) -> tuple[set[str], int]:
+        """Keys (`json.dumps(id)`) already written, and unreadable lines/shards ignored."""
+        ...
+
+    def open(self) -> None:
+        """Get ready to write (fails early if the output cannot be written)."""
+        ...
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def flush(self) -> None:
+        """Make everything written so far durable."""
+        ...
+
+    def checkpoint(self) -> None:
+        """Make what was written durable if it is cheap or due (after a chunk of rows)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Appends to a local JSON Lines file (see `JsonlAppender`)."""
+
+    def __init__(self, path: Path, *, sync: bool = True) -> None:
+        self.path = path
+        self.sync = sync
+        self._appender: JsonlAppender | None = None
+
+    def done(self) -> tuple[set[str], int]:
+        try:
+            return written_ids(self.path)
+        except OSError as exc:
+            raise BatchInputError(
+                f"cannot use {self.path} as output: {exc.strerror or exc}"
+            ) from None
+
+    def open(self) -> None:
+        if self._appender is None:
+            try:
+                self._appender = JsonlAppender(self.path, sync=self.sync)
+            except OSError as exc:
+                raise BatchInputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.open()
+        assert self._appender is not None
+        try:
+            self._appender.write_line(record)
+        except OSError as exc:
+            raise self._stopped(exc) from None
+
+    def flush(self) -> None:
+        appender = self._appender
+        if appender is None or not self.sync:
+            return
+        try:
+            if stat.S_ISREG(os.fstat(appender._fd).st_mode):
+                os.fsync(appender._fd)
+        except OSError as exc:
+            raise self._stopped(exc) from None
+
+    def _stopped(self, exc: OSError) -> BatchOutputError:
+        return BatchOutputError(
+            f"cannot write {self.path}: {exc.strerror or exc}; the run stopped there "
+            "(lines written so far are kept; rerun the same command to resume)"
+        )
+
+    def checkpoint(self) -> None:
+        self.flush()
+
+    def close(self) -> None:
+        if self._appender is not None:
+            try:
+                self.flush()
+            finally:
+                self._appender.close()
+                self._appender = None
+
+
 def _success(item: BatchItem, moa_result: Any, seconds: float) -> dict[str, Any]:
     return {
         "id": item.id,
@@ -248,25 +349,26 @@ def _failure(item: BatchItem, message: str, error_type: str, seconds: float) -> 
 async def run_batch(
     moa: MixtureOfAgents,
     items: Sequence[BatchItem],
-    output: Path,
+    output: Path | Sink,
     *,
     concurrency: int = 8,
     sync: bool = True,
+    max_cost: float | None = None,
     on_start: Callable[[int], None] | None = None,
     on_item: Callable[[dict[str, Any]], None] | None = None,
     run: Callable[[Any], Awaitable[Any]] | None = None,
 ) -> BatchSummary:
-    """Run every item not yet in `output`, `concurrency` at a time, appending one line each.
+    """Run every item not yet in `output`, `concurrency` at a time, writing one row each.
 
-    `on_start(n)` is called with the number of items to run, `on_item(record)` after each
-    line is written. `run` replaces `moa.process` (tests).
+    `output` is a JSON Lines path or a `Sink` (`moa.adapters._batch_io` has Parquet shards).
+    No new query starts once the rows written cost `max_cost` USD or more. `on_start(n)` is
+    called with the number of items to run, `on_item(record)` after each row is written.
+    `run` replaces `moa.process` (tests).
     """
     if concurrency < 1:
         raise BatchInputError("concurrency must be at least 1")
-    try:
-        done, unreadable = written_ids(output)
-    except OSError as exc:
-        raise BatchInputError(f"cannot use {output} as output: {exc.strerror or exc}") from None
+    sink: Sink = JsonlSink(output, sync=sync) if isinstance(output, Path) else output
+    done, unreadable = sink.done()
     todo = [item for item in items if _key(item.id) not in done]
     summary = BatchSummary(
         total=len(items), skipped=len(items) - len(todo), unreadable_output_lines=unreadable
@@ -276,42 +378,26 @@ async def run_batch(
     if not todo:
         return summary
     process = run if run is not None else moa.process
+    sink.open()
     queue: asyncio.Queue[BatchItem] = asyncio.Queue()
     for item in todo:
         queue.put_nowait(item)
-    try:
-        appender = JsonlAppender(output, sync=sync)
-    except OSError as exc:
-        raise BatchInputError(f"cannot write {output}: {exc.strerror or exc}") from None
+    durable_each = isinstance(sink, JsonlSink) and sync
 
     async def worker() -> None:
         while True:
+            if max_cost is not None and summary.cost >= max_cost:
+                summary.stopped_by_cost = True
+                return
             try:
                 item = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            started = time.perf_counter()
-            if item.problem is not None:
-                record = _failure(item, item.problem, "BatchInputError", 0.0)
-            else:
-                try:
-                    result = await process(item.query)
-                except MoAError as exc:
-                    elapsed = time.perf_counter() - started
-                    record = _failure(item, describe_error(exc), type(exc).__name__, elapsed)
-                except Exception as exc:  # one query never stops the run; its line says why
-                    logger.exception("moa batch: unexpected error on id %r", item.id)
-                    elapsed = time.perf_counter() - started
-                    kind = type(exc).__name__
-                    message = f"unexpected {kind} (details in the log)"
-                    record = _failure(item, message, kind, elapsed)
-                else:
-                    record = _success(item, result, time.perf_counter() - started)
-            await appender.append(record)
-            summary.done += 1
-            if record["error"] is not None:
-                summary.errors += 1
-                summary.failed_ids.append(item.id)
+            record = await run_item(process, item)
+            sink.write(record)
+            if durable_each:
+                await asyncio.to_thread(sink.flush)
+            summary.record(record)
             if on_item is not None:
                 on_item(record)
 
@@ -324,5 +410,23 @@ async def run_batch(
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
     finally:
-        appender.close()
+        sink.close()
     return summary
+
+
+async def run_item(process: Callable[[Any], Awaitable[Any]], item: BatchItem) -> dict[str, Any]:
+    """The output row of one item: its result, or its error as data."""
+    started = time.perf_counter()
+    if item.problem is not None:
+        return _failure(item, item.problem, "BatchInputError", 0.0)
+    try:
+        result = await process(item.query)
+    except MoAError as exc:
+        elapsed = time.perf_counter() - started
+        return _failure(item, describe_error(exc), type(exc).__name__, elapsed)
+    except Exception as exc:  # one query never stops the run; its line says why
+        logger.exception("moa batch: unexpected error on id %r", item.id)
+        elapsed = time.perf_counter() - started
+        kind = type(exc).__name__
+        return _failure(item, f"unexpected {kind} (details in the log)", kind, elapsed)
+    return _success(item, result, time.perf_counter() - started)

@@ -20,6 +20,7 @@ from moa.config._models import (
     MoAConfig,
     NeuronConfig,
     ProposalLayerConfig,
+    RateLimit,
     RetryConfig,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "MoAConfig",
     "NeuronConfig",
     "ProposalLayerConfig",
+    "RateLimit",
     "RetryConfig",
     "Source",
     "json_schema",

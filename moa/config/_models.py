@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from moa.layers._template import placeholders_in
+from moa.ratelimit._core import RateLimit
 
 __all__ = [
     "AGGREGATION_PLACEHOLDERS",
@@ -35,6 +36,7 @@ __all__ = [
     "MoAConfig",
     "NeuronConfig",
     "ProposalLayerConfig",
+    "RateLimit",
     "RetryConfig",
     "TypeResolver",
     "key_path",
@@ -139,6 +141,11 @@ class NeuronConfig(BaseModel):
         default_factory=list,
         description="Tried in order when this neuron fails for good: a model name (same "
         "options, another model) or a mapping of the keys to change.",
+    )
+    rate_limit: RateLimit | None = Field(
+        default=None,
+        description="Limits of this neuron's provider bucket (endpoint + model + API key), "
+        "shared with every caller of that bucket; default: the top-level rate_limit.",
     )
 
     @property
@@ -373,6 +380,17 @@ class MoAConfig(BaseModel):
         description="Default seconds one streamed attempt may take in all (default 600).",
     )
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry defaults.")
+    rate_limit: RateLimit | None = Field(
+        default=None,
+        description="Default rate limit of every neuron's provider bucket (endpoint + model + "
+        "API key: each bucket gets these limits of its own).",
+    )
+    max_cost_per_query: float | None = Field(
+        default=None,
+        gt=0,
+        description="USD: once a query's calls cost this much, it starts no further layer and "
+        "fails with SpendLimitExceeded.",
+    )
 
     @model_validator(mode="after")
     def _annotator_present(self) -> MoAConfig:

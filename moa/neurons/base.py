@@ -20,6 +20,7 @@ from typing import ClassVar, Protocol, Self
 
 from moa.config._models import NeuronConfig
 from moa.errors import ConfigError
+from moa.ratelimit import RateLimit
 from moa.result import Usage
 from moa.settings import Settings
 
@@ -160,6 +161,10 @@ class Neuron(ABC):
         self.config = config
         self._settings = settings
         self.path = path if path is not None else "neuron"
+        # Limits of this neuron's provider bucket, shared with every caller of that bucket
+        # (see moa.ratelimit): the config's, or the mixture's top-level default. A neuron that
+        # calls a provider applies it around each upstream attempt (LLMNeuron does).
+        self.rate_limit: RateLimit | None = config.rate_limit
 
     @classmethod
     def create(cls, config: NeuronConfig, *, settings: Settings, path: str) -> Self:
