@@ -23,6 +23,7 @@ from moa_llamacpp._models import (
     SharedModel,
     default_model_path,
     loaded_models,
+    physical_cores,
     unload_models,
 )
 from moa_llamacpp._neuron import LlamaCppConfig, LlamaCppError, LlamaCppNeuron
@@ -38,6 +39,7 @@ __all__ = [
     "SharedModel",
     "default_model_path",
     "loaded_models",
+    "physical_cores",
     "unload_models",
 ]
 
