@@ -62,9 +62,10 @@ async def main(args: argparse.Namespace) -> None:
         request = NeuronRequest(messages=tuple(MESSAGES))
         # another litellm provider, sent to the loopback server through base_url
         os.environ.setdefault("BENCH_KEY", KEY)
-        together = LLMNeuron(
+        together = LLMNeuron.create(
             LLMConfig(model="together_ai/0ms/Llama-3-8b", base_url=base, api_key_env="BENCH_KEY"),
             settings=settings_for(base),
+            path="together",
         )
         await neuron.prepare()
         await together.prepare()

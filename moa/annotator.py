@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moa.config import DEFAULT_ANNOTATOR_PROMPT
-from moa.layers._call import call_neuron, system_then
+from moa.layers._call import CallPlan, call_neuron
+from moa.layers._prompts import system_then
 from moa.neurons.base import ChatMessage, Neuron, NeuronRequest
 from moa.result import NeuronResult
 
@@ -16,8 +17,13 @@ class UserQueryAnnotator:
     """Asks its neuron to rewrite the query. If the call fails, the original query is used
     and the failure is recorded in the trace (an optional step never sinks the answer)."""
 
-    def __init__(self, neuron: Neuron) -> None:
-        self.neuron = neuron
+    def __init__(self, plan: CallPlan) -> None:
+        self.plan = plan
+
+    @property
+    def neuron(self) -> Neuron:
+        """The annotator's neuron (its fallbacks are in `plan`)."""
+        return self.plan.neuron
 
     async def annotate(
         self, history: Sequence[ChatMessage], *, origin: float
@@ -29,7 +35,7 @@ class UserQueryAnnotator:
             return NeuronRequest(messages=system_then(system, history), history=tuple(history))
 
         result, generation, _ = await call_neuron(
-            self.neuron, request_for, layer="annotator", index=0, origin=origin
+            self.plan, request_for, layer="annotator", index=0, origin=origin
         )
         if generation is None:
             return result, None

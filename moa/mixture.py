@@ -19,7 +19,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from pathlib import Path
 from typing import Any
 
-from moa._budget import Budget, context_window_problem
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
 from moa.errors import QueryError
@@ -34,6 +33,8 @@ from moa.events import (
     StreamFailed,
     Token,
 )
+from moa.layers._budget import Budget, context_window_problem
+from moa.layers._call import CallPlan
 from moa.layers.aggregation import LAYER_NAME, AggregationLayer
 from moa.layers.layer import Layer, references_from
 from moa.neurons.base import ChatMessage, Neuron, Reference
@@ -97,32 +98,35 @@ def normalise_query(query: Query) -> tuple[list[ChatMessage], str]:
     return messages, user_turns[-1]
 
 
-def _build_neuron(
+def _call_plan(
     config: NeuronConfig,
     settings: Settings,
     path: str,
     top: MoAConfig,
     fallbacks: Sequence[tuple[NeuronConfig, str]] | None = None,
-) -> Neuron:
-    """Build a neuron with its timeout, retry policy and fallbacks (`fallbacks`: configs and
-    paths; default: the neuron's own `fallbacks` key)."""
-    neuron = get_neuron_class(config.type)(config, settings=settings, path=path)
-    neuron.timeout = config.timeout or top.timeout or settings.request_timeout
+) -> CallPlan:
+    """Build a neuron and decide, once, how it is called: its per-attempt timeout, retry
+    policy and fallbacks (`fallbacks`: configs and paths; default: the neuron's own
+    `fallbacks` key)."""
+    neuron = get_neuron_class(config.type).create(config, settings=settings, path=path)
     retry = top.retry
     retries = config.max_retries if config.max_retries is not None else retry.max_retries
-    neuron.retry_policy = RetryPolicy(
-        max_retries=retries if retries is not None else settings.max_retries,
-        backoff_base=retry.backoff_base,
-        backoff_max=retry.backoff_max,
-        jitter=retry.jitter,
-        max_retry_after=retry.max_retry_after,
-    )
     if fallbacks is None:
         fallbacks = [(c, f"{path}.fallbacks[{i}]") for i, c in enumerate(config.fallback_configs())]
-    neuron.fallbacks = tuple(
-        _build_neuron(c, settings, fallback_path, top, ()) for c, fallback_path in fallbacks
+    return CallPlan(
+        neuron=neuron,
+        timeout=config.timeout or top.timeout or settings.request_timeout,
+        retry=RetryPolicy(
+            max_retries=retries if retries is not None else settings.max_retries,
+            backoff_base=retry.backoff_base,
+            backoff_max=retry.backoff_max,
+            jitter=retry.jitter,
+            max_retry_after=retry.max_retry_after,
+        ),
+        fallbacks=tuple(
+            _call_plan(c, settings, fallback_path, top, ()) for c, fallback_path in fallbacks
+        ),
     )
-    return neuron
 
 
 class MixtureOfAgents:
@@ -137,14 +141,14 @@ class MixtureOfAgents:
         self.annotator: UserQueryAnnotator | None = None
         if config.use_annotator and config.annotator is not None:
             self.annotator = UserQueryAnnotator(
-                _build_neuron(config.annotator, self.settings, "annotator", config)
+                _call_plan(config.annotator, self.settings, "annotator", config)
             )
         self.layers = tuple(
             Layer(
                 f"proposal_layers[{i}]",
                 i,
                 [
-                    _build_neuron(n, self.settings, f"proposal_layers[{i}].neurons[{j}]", config)
+                    _call_plan(n, self.settings, f"proposal_layers[{i}].neurons[{j}]", config)
                     for j, n in enumerate(layer.neurons)
                 ],
                 layer.reference_prompt,
@@ -163,7 +167,7 @@ class MixtureOfAgents:
                 (agg.neuron.derive(agg.fallback_model), f"{LAYER_NAME}.fallback_model")
             )
         self.aggregation = AggregationLayer(
-            _build_neuron(agg.neuron, self.settings, LAYER_NAME, config, agg_fallbacks), agg
+            _call_plan(agg.neuron, self.settings, LAYER_NAME, config, agg_fallbacks), agg
         )
         self._prepared = False
         self._context_checked = False
@@ -195,8 +199,17 @@ class MixtureOfAgents:
         found.append(self.aggregation.neuron)
         return tuple(found)
 
+    @property
+    def plans(self) -> tuple[CallPlan, ...]:
+        """How each neuron is called (timeout, retry policy, fallbacks), in `neurons` order."""
+        found = [self.annotator.plan] if self.annotator is not None else []
+        for layer in self.layers:
+            found.extend(layer.plans)
+        found.append(self.aggregation.plan)
+        return tuple(found)
+
     def _with_fallbacks(self) -> list[Neuron]:
-        return [n for neuron in self.neurons for n in (neuron, *neuron.fallbacks)]
+        return [c.neuron for plan in self.plans for c in plan.candidates]
 
     async def prepare(self) -> None:
         """Load what the neurons need (e.g. litellm, ~2 s) ahead of the first `process()`,

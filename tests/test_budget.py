@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from moa import ContextWindowWarning, MixtureOfAgents, Reference
-from moa._budget import Budget, fit_references, marker
+from moa.layers._budget import Budget, fit_references, marker
 from moa.neurons.base import WordTokenizer
 from moa.neurons.llm import LiteLLMTokenizer, load_litellm
 from moa.testing import FakeProvider

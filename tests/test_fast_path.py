@@ -31,7 +31,7 @@ def path_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 def neuron(fake: FakeProvider, **config: object) -> LLMNeuron:
     settings = Settings(provider_api_key=SecretStr(CANARY_KEY), base_url=fake.base_url, max_retries=0)
-    return LLMNeuron(LLMConfig(**{"model": "m/x", **config}), settings=settings, path="p")  # type: ignore[arg-type]
+    return LLMNeuron.create(LLMConfig(**{"model": "m/x", **config}), settings=settings, path="p")  # type: ignore[arg-type]
 
 
 async def test_openai_compatible_routes_take_the_fast_path(fake: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,7 @@
 """The static provider-prefix snapshot must match the installed litellm."""
 
-from moa.neurons._providers import LITELLM_PROVIDERS
 from moa.neurons.llm import load_litellm
+from moa.neurons.llm._providers import LITELLM_PROVIDERS
 
 
 def test_snapshot_matches_installed_litellm() -> None:

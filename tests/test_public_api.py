@@ -17,6 +17,7 @@ def test_all_is_sorted_and_complete() -> None:
         and not name.startswith("_")
         and name
         not in {
+            "adapters",
             "annotator",
             "batch",
             "cli",

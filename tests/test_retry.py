@@ -207,7 +207,7 @@ async def test_stream_timeout_bounds_the_first_item_only() -> None:
     ],
 )
 def test_retry_after_headers(headers: dict[str, str], seconds: float | None) -> None:
-    from moa.neurons._upstream_errors import retry_after_of as _retry_after
+    from moa.neurons.llm._litellm import retry_after_of as _retry_after
 
     assert _retry_after(_WithHeaders(headers)) == seconds
 
@@ -216,7 +216,7 @@ def test_retry_after_as_an_http_date() -> None:
     import email.utils
     import time
 
-    from moa.neurons._upstream_errors import retry_after_of as _retry_after
+    from moa.neurons.llm._litellm import retry_after_of as _retry_after
 
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     waited = _retry_after(_WithHeaders({"retry-after": when}))

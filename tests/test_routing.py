@@ -173,7 +173,7 @@ async def test_failures_are_typed_and_never_leak_the_key(
 async def test_error_classes_carry_context(fake: FakeProvider, moa_settings: Settings) -> None:
     from moa.neurons.base import NeuronRequest
 
-    neuron = LLMNeuron(
+    neuron = LLMNeuron.create(
         LLMConfig(model="m/x"), settings=moa_settings, path="proposal_layers[0].neurons[0]"
     )
     request = NeuronRequest(messages=({"role": "user", "content": "hi"},))

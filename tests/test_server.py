@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from moa import MixtureOfAgents, Settings
-from moa.server import create_app
+from moa.adapters.server import create_app
 from moa.testing import FakeProvider, Reply
 from tests.conftest import CANARY_KEY
 

@@ -1,4 +1,4 @@
-"""`moa._streaming.events`: `stream()` for consumers that must not see an error twice."""
+"""`moa.adapters._streaming.events`: `stream()` for consumers that must not see an error twice."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from moa import AllNeuronsFailed, MixtureOfAgents
-from moa._streaming import events
+from moa.adapters._streaming import events
 from moa.events import Completed, LayerStarted, StreamFailed, Token
 from moa.testing import FakeProvider, Reply
 

@@ -46,7 +46,7 @@ def batch(
     Each input line is a JSON string or {"id": ..., "query": ...}. A failed query is written
     with its error; rerunning the same command resumes, skipping ids already written.
     """
-    from moa.batch import read_items, run_batch
+    from moa.adapters.batch import read_items, run_batch
 
     items = read_items(input_path)
     moa = build(config_source(config))

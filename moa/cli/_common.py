@@ -39,8 +39,8 @@ class Group(click.Group):
     """Turns expected errors into one line on stderr and an exit code, without a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from moa._wire import describe_error
-        from moa.batch import BatchInputError
+        from moa.adapters._wire import describe_error
+        from moa.adapters.batch import BatchInputError
 
         try:
             return super().invoke(ctx)

@@ -59,7 +59,7 @@ def run(
 
 
 async def _answer(moa: MixtureOfAgents, query: str, *, stream: bool) -> MoAResult:
-    from moa._streaming import events
+    from moa.adapters._streaming import events
     from moa.events import Completed, Token
 
     result: MoAResult | None = None

@@ -32,7 +32,7 @@ def serve(configs: tuple[str, ...], host: str, port: int) -> None:
     try:
         import uvicorn
 
-        from moa.server import create_app
+        from moa.adapters.server import create_app
     except ImportError as exc:
         fail(f"moa serve needs the server extra ({exc.name} is missing): "
               "pip install 'moa-llm[server]'", 2)  # fmt: skip

@@ -1,59 +1,74 @@
 """Call one neuron, time it, and turn an expected failure into data (never into text).
 
-This is the one call site of every neuron (annotator, proposal layers, aggregator), so the
-timeout, retry policy and fallbacks apply the same way to every neuron type.
+This is the one call site of every neuron (annotator, proposal layers, aggregator). The
+mixture builds one frozen `CallPlan` per neuron (per-attempt timeout, retry policy,
+fallbacks); `attempts()` is the one attempt loop that applies it, to plain calls
+(`call_neuron`) and streamed ones (`StreamedCall`) alike, and `attempt()` is the one place
+where a single attempt reaches a neuron: anything that must happen around every upstream
+call (a tracing span, a shared rate limiter) goes there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
 from moa.errors import NeuronError
 from moa.errors import TimeoutError as NeuronTimeout
-from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Reference
+from moa.neurons.base import Generation, Neuron, NeuronRequest
 from moa.result import NeuronResult
-from moa.retry import Retrying
+from moa.retry import Retrying, RetryPolicy
 
 __all__ = [
+    "CallPlan",
     "CallState",
     "RequestFor",
     "StreamedCall",
+    "attempt",
+    "attempts",
     "call_neuron",
     "cut_off",
-    "format_responses",
     "gather_all",
     "gather_until",
-    "system_then",
 ]
 
 _T = TypeVar("_T")
 
 
-def system_then(system: str | None, history: Sequence[ChatMessage]) -> tuple[ChatMessage, ...]:
-    """A new message tuple: the system prompt (if any) followed by `history`."""
-    if system:
-        return ({"role": "system", "content": system}, *history)
-    return tuple(history)
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    """How one neuron is called, decided once by the mixture: each attempt is bounded by
+    `timeout` seconds (and the neuron finds it in `NeuronRequest.timeout`), retryable
+    failures are retried under `retry`, and when the neuron fails for good its `fallbacks`
+    (each with its own plan, without fallbacks of its own) are tried in order."""
 
+    neuron: Neuron
+    timeout: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    fallbacks: tuple[CallPlan, ...] = ()
 
-def format_responses(references: Sequence[Reference]) -> str:
-    """Number the responses: `Response 1:\\n<text>` blocks separated by blank lines."""
-    return "\n\n".join(f"Response {i}:\n{ref.text}" for i, ref in enumerate(references, 1))
+    @property
+    def candidates(self) -> tuple[CallPlan, ...]:
+        """The neuron's plan, then its fallbacks', in the order they are tried."""
+        return (self, *self.fallbacks)
 
 
 class CallState:
     """What is known of one neuron call while it runs: when it started, the attempts made and
-    why they failed. A layer reads it to record a straggler its deadline cut off."""
+    why they failed, and which candidate answered. A layer reads it to record a straggler
+    its deadline cut off."""
 
-    __slots__ = ("_current", "_done_attempts", "errors", "start")
+    __slots__ = ("_current", "_done_attempts", "answered_by", "errors", "start")
 
     def __init__(self) -> None:
         self.start: float | None = None
         self.errors: list[NeuronError] = []
+        self.answered_by: Neuron | None = None
         self._done_attempts = 0
         self._current: Retrying | None = None
 
@@ -67,8 +82,74 @@ RequestFor = Callable[[Neuron], NeuronRequest]
 """Builds the request for a neuron or one of its fallbacks (whose prompt may differ)."""
 
 
+async def attempt(
+    plan: CallPlan, request: NeuronRequest, *, stream: bool
+) -> AsyncIterator[str | Generation]:
+    """One attempt: one call of `plan.neuron` (one upstream request), yielding its text
+    deltas (`stream`) and then its `Generation`. Every attempt of every neuron goes through
+    here; `attempts()` bounds it by the plan's timeout and decides what comes next."""
+    if stream:
+        async for piece in plan.neuron.stream(request):
+            yield piece
+    else:
+        yield await plan.neuron.generate(request)
+
+
+async def attempts(
+    plan: CallPlan,
+    request: NeuronRequest | RequestFor,
+    *,
+    stream: bool,
+    state: CallState,
+    layer: str,
+    index: int,
+) -> AsyncIterator[str | Generation]:
+    """The attempt loop of every neuron call, plain or streamed.
+
+    Tries each candidate (the neuron, then its fallbacks in order) under its own retry
+    policy, each attempt bounded by its timeout (until its first item, for a stream). Yields
+    text deltas (streams only), then exactly one `Generation`. A failure is retried, and the
+    next fallback tried, only until text has been yielded: after that it ends the call (a
+    partly delivered answer is never silently restarted or mixed with another model's).
+    When every candidate failed, the last `NeuronError` is raised; anything that is not a
+    `NeuronError` propagates at once. `state` records the attempts as they happen.
+    """
+    failure: NeuronError | None = None
+    delivered = False
+    for candidate in plan.candidates:
+        ask = request(candidate.neuron) if callable(request) else request
+        ask = dataclasses.replace(ask, timeout=candidate.timeout)
+        stamp = partial(_stamp, neuron=candidate.neuron, layer=layer, index=index)
+        retrying = state._current = Retrying(candidate.retry, candidate.timeout, on_error=stamp)
+        generation: Generation | None = None
+        try:
+            async for piece in retrying.stream(partial(attempt, candidate, ask, stream=stream)):
+                if isinstance(piece, Generation):
+                    generation = piece
+                    continue
+                delivered = True
+                yield piece
+            if generation is None:
+                raise TypeError(f"{candidate.neuron!r}.stream() ended without a Generation")
+        except NeuronError as exc:
+            stamp(exc)
+            failure = exc
+            if delivered:
+                raise  # text was delivered: no fallback may continue it
+            continue
+        finally:
+            state.errors.extend(retrying.errors)
+            state._done_attempts += retrying.attempts
+            state._current = None
+        state.answered_by = candidate.neuron
+        yield generation
+        return
+    assert failure is not None
+    raise failure
+
+
 async def call_neuron(
-    neuron: Neuron,
+    plan: CallPlan,
     request: NeuronRequest | RequestFor,
     *,
     layer: str,
@@ -77,11 +158,11 @@ async def call_neuron(
     semaphore: asyncio.Semaphore | None = None,
     state: CallState | None = None,
 ) -> tuple[NeuronResult, Generation | None, NeuronError | None]:
-    """Run `neuron.generate(request)` under its retry policy and timeout, then its fallbacks.
+    """Call the neuron of `plan` (with its retries and fallbacks) and return its trace
+    entry, its answer, and the `NeuronError` that ended it (the last one, when every
+    fallback failed too) instead of raising it; anything else propagates.
 
     `request` may be a function of the neuron, so each fallback gets its own system prompt.
-    A `NeuronError` (the last one, when every fallback failed too) is returned; anything else
-    propagates.
     """
     state = state if state is not None else CallState()
     if semaphore is not None:
@@ -89,33 +170,21 @@ async def call_neuron(
     start = state.start = time.perf_counter()
     generation: Generation | None = None
     failure: NeuronError | None = None
-    answered_by: Neuron = neuron
     try:
-        for candidate in (neuron, *neuron.fallbacks):
-            retrying = state._current = Retrying(
-                candidate.retry_policy,
-                candidate.timeout,
-                on_error=partial(_stamp, neuron=candidate, layer=layer, index=index),
-            )
-            try:
-                ask = request(candidate) if callable(request) else request
-                generation = await retrying.run(partial(candidate.generate, ask))
-            except NeuronError as exc:
-                failure = exc
-                continue
-            finally:
-                state.errors.extend(retrying.errors)
-                state._done_attempts += retrying.attempts
-                state._current = None
-            answered_by, failure = candidate, None
-            break
+        async for piece in attempts(
+            plan, request, stream=False, state=state, layer=layer, index=index
+        ):
+            if isinstance(piece, Generation):
+                generation = piece
+    except NeuronError as exc:
+        failure = exc
     finally:
         end = time.perf_counter()
         if semaphore is not None:
             semaphore.release()
     result = _neuron_result(
-        neuron, state, layer=layer, index=index, origin=origin, start=start, end=end,
-        generation=generation, failure=failure, answered_by=answered_by,
+        plan.neuron, state, layer=layer, index=index, origin=origin, start=start, end=end,
+        generation=generation, failure=failure,
     )  # fmt: skip
     return result, generation, failure
 
@@ -131,13 +200,14 @@ def _neuron_result(
     end: float,
     generation: Generation | None,
     failure: NeuronError | None,
-    answered_by: Neuron,
     first_token: float | None = None,
     timed_out: bool = False,
 ) -> NeuronResult:
     """The trace entry of a call: finished (streamed or not), or cut off by a deadline."""
     if failure is not None:
         failure.attempts = state.attempts
+    answered_by = state.answered_by if generation is not None else None
+    fallback = answered_by.label if answered_by is not None and answered_by is not neuron else None
     return NeuronResult(
         path=neuron.path,
         layer=layer,
@@ -157,7 +227,7 @@ def _neuron_result(
         queued_seconds=_queued_seconds(generation),
         attempts=state.attempts,
         attempt_errors=tuple(str(e) for e in state.errors),
-        fallback=answered_by.label if answered_by is not neuron else None,
+        fallback=fallback,
         timed_out=timed_out,
     )
 
@@ -169,10 +239,8 @@ def _queued_seconds(generation: Generation | None) -> float | None:
 
 
 class StreamedCall:
-    """`neuron.stream(request)` as text deltas, under the same timeout, retry policy and
-    fallbacks as `call_neuron`: an attempt is retried, and the next fallback tried, only
-    until the first delta has been yielded; after that a failure ends the call (a partly
-    delivered answer is never silently restarted or mixed with another model's).
+    """The neuron of `plan` streamed (`neuron.stream(request)`) as text deltas, through the
+    same attempt loop as `call_neuron`.
 
     Once iterated, `result`, `generation` and `failure` are set as `call_neuron` returns
     them (a `NeuronError` becomes data, anything else propagates); the text already yielded
@@ -181,14 +249,14 @@ class StreamedCall:
 
     def __init__(
         self,
-        neuron: Neuron,
+        plan: CallPlan,
         request: NeuronRequest | RequestFor,
         *,
         layer: str,
         index: int,
         origin: float,
     ) -> None:
-        self.neuron, self.request = neuron, request
+        self.plan, self.request = plan, request
         self.layer, self.index, self.origin = layer, index, origin
         self.result: NeuronResult | None = None
         self.generation: Generation | None = None
@@ -200,44 +268,26 @@ class StreamedCall:
         start = state.start = time.perf_counter()
         first: float | None = None
         pieces: list[str] = []
-        answered_by: Neuron = self.neuron
         try:
-            for candidate in (self.neuron, *self.neuron.fallbacks):
-                retrying = state._current = Retrying(
-                    candidate.retry_policy,
-                    candidate.timeout,
-                    on_error=partial(_stamp, neuron=candidate, layer=self.layer, index=self.index),
-                )
-                ask = self.request(candidate) if callable(self.request) else self.request
-                try:
-                    async for piece in retrying.stream(partial(candidate.stream, ask)):
-                        if isinstance(piece, Generation):
-                            self.generation = piece
-                            continue
-                        if first is None:
-                            first = time.perf_counter()
-                        pieces.append(piece)
-                        yield piece
-                    if self.generation is None:
-                        raise TypeError(f"{candidate!r}.stream() ended without a Generation")
-                except NeuronError as exc:
-                    _stamp(exc, neuron=candidate, layer=self.layer, index=self.index)
-                    self.failure, self.generation = exc, None
-                    if pieces:
-                        break  # text was delivered: no fallback may continue it
+            async for piece in attempts(
+                self.plan, self.request, stream=True, state=state, layer=self.layer,
+                index=self.index,
+            ):  # fmt: skip
+                if isinstance(piece, Generation):
+                    self.generation = piece
                     continue
-                finally:
-                    state.errors.extend(retrying.errors)
-                    state._done_attempts += retrying.attempts
-                    state._current = None
-                answered_by, self.failure = candidate, None
-                break
+                if first is None:
+                    first = time.perf_counter()
+                pieces.append(piece)
+                yield piece
+        except NeuronError as exc:
+            self.failure, self.generation = exc, None
         finally:
             self.partial_text = "".join(pieces)
         self.result = _neuron_result(
-            self.neuron, state, layer=self.layer, index=self.index, origin=self.origin,
+            self.plan.neuron, state, layer=self.layer, index=self.index, origin=self.origin,
             start=start, end=time.perf_counter(), generation=self.generation,
-            failure=self.failure, answered_by=answered_by, first_token=first,
+            failure=self.failure, first_token=first,
         )  # fmt: skip
 
 
@@ -264,7 +314,7 @@ def cut_off(
     return _neuron_result(
         neuron, state, layer=layer, index=index, origin=origin,
         start=state.start if state.start is not None else now, end=now,
-        generation=None, failure=failure, answered_by=neuron, timed_out=True,
+        generation=None, failure=failure, timed_out=True,
     )  # fmt: skip
 
 

@@ -11,11 +11,12 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from moa._budget import Budget
-from moa._template import render
 from moa.config import AggregationLayerConfig
 from moa.errors import AggregationFailed, NeuronError
-from moa.layers._call import StreamedCall, call_neuron, format_responses, system_then
+from moa.layers._budget import Budget
+from moa.layers._call import CallPlan, StreamedCall, call_neuron
+from moa.layers._prompts import format_responses, system_then
+from moa.layers._template import render
 from moa.layers.layer import fit_to_budget
 from moa.neurons.base import ChatMessage, Neuron, NeuronRequest, Reference
 from moa.result import LayerResult, NeuronResult, Truncation
@@ -48,10 +49,15 @@ class Aggregation:
 class AggregationLayer:
     """The final aggregator of a mixture."""
 
-    def __init__(self, neuron: Neuron, config: AggregationLayerConfig) -> None:
-        self.neuron = neuron
+    def __init__(self, plan: CallPlan, config: AggregationLayerConfig) -> None:
+        self.plan = plan
         self.config = config
         self.budget = Budget(config.max_reference_tokens, config.max_context_tokens)
+
+    @property
+    def neuron(self) -> Neuron:
+        """The aggregator's neuron (its fallbacks are in `plan`)."""
+        return self.plan.neuron
 
     def select(self, references: Sequence[Reference], rng: random.Random) -> list[Reference]:
         """The responses the aggregator sees, in the order it sees them (a new list)."""
@@ -110,7 +116,7 @@ class AggregationLayer:
     ) -> NeuronResult:
         """Aggregate; raise `AggregationFailed` (keeping every completed layer) on failure."""
         result, _, failure = await call_neuron(
-            self.neuron, aggregation.request_for, layer=LAYER_NAME, index=0, origin=origin
+            self.plan, aggregation.request_for, layer=LAYER_NAME, index=0, origin=origin
         )
         if failure is not None:
             raise self._failed(failure, result.attempt_errors, completed)
@@ -122,7 +128,7 @@ class AggregationLayer:
         """Aggregate with the neuron's `stream()`: yield text deltas as they arrive, then the
         aggregator's `NeuronResult`; raise `AggregationFailed` as `run()` does."""
         call = StreamedCall(
-            self.neuron, aggregation.request_for, layer=LAYER_NAME, index=0, origin=origin
+            self.plan, aggregation.request_for, layer=LAYER_NAME, index=0, origin=origin
         )
         async for piece in call:
             yield piece
@@ -137,7 +143,7 @@ class AggregationLayer:
         attempt_errors: Sequence[str],
         completed: Sequence[LayerResult],
     ) -> AggregationFailed:
-        count = len(self.neuron.fallbacks)
+        count = len(self.plan.fallbacks)
         who = f"the aggregator and its {count} fallback(s)" if count else "the aggregator"
         reasons = "; ".join(attempt_errors) or str(failure)
         error = AggregationFailed(

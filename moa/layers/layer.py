@@ -7,18 +7,18 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from moa._budget import Budget, fit_references
-from moa._template import render
 from moa.errors import AllNeuronsFailed, NeuronError
+from moa.layers._budget import Budget, fit_references
 from moa.layers._call import (
+    CallPlan,
     CallState,
     call_neuron,
     cut_off,
-    format_responses,
     gather_all,
     gather_until,
-    system_then,
 )
+from moa.layers._prompts import format_responses, system_then
+from moa.layers._template import render
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, Reference
 from moa.result import LayerResult, NeuronResult, Truncation
 
@@ -66,7 +66,7 @@ class Layer:
         self,
         name: str,
         index: int,
-        neurons: Sequence[Neuron],
+        plans: Sequence[CallPlan],
         reference_prompt: str,
         *,
         budget: Budget | None = None,
@@ -75,11 +75,16 @@ class Layer:
     ) -> None:
         self.name = name
         self.index = index
-        self.neurons = tuple(neurons)
+        self.plans = tuple(plans)
         self.reference_prompt = reference_prompt
         self.budget = budget
         self.deadline = deadline
         self.min_responses = min_responses
+
+    @property
+    def neurons(self) -> tuple[Neuron, ...]:
+        """The layer's neurons (without their fallbacks), in config order."""
+        return tuple(plan.neuron for plan in self.plans)
 
     def _system(self, neuron: Neuron, rendered_refs: str | None) -> str | None:
         parts = [p for p in (neuron.config.prompt, rendered_refs) if p]
@@ -121,7 +126,7 @@ class Layer:
 
         calls = [
             call_neuron(
-                neuron,
+                plan,
                 request_for,
                 layer=self.name,
                 index=i,
@@ -129,7 +134,7 @@ class Layer:
                 semaphore=semaphore,
                 state=states[i],
             )
-            for i, neuron in enumerate(self.neurons)
+            for i, plan in enumerate(self.plans)
         ]
         if on_result is not None:
             calls = [_reporting(call, on_result) for call in calls]

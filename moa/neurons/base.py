@@ -10,15 +10,17 @@ exception is treated as a bug and propagates.
 
 from __future__ import annotations
 
+import inspect
 import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, Self
 
-from moa.config import NeuronConfig
+from moa.config._models import NeuronConfig
+from moa.errors import ConfigError
 from moa.result import Usage
-from moa.retry import RetryPolicy
 from moa.settings import Settings
 
 __all__ = [
@@ -52,12 +54,15 @@ class NeuronRequest:
 
     `messages` is the full chat to send (system prompt first, if any). `history` is the
     conversation without the neuron's own system prompt, and `references` the previous
-    layer's surviving answers, for neurons that want to use them directly.
+    layer's surviving answers, for neurons that want to use them directly. `timeout` is the
+    seconds this attempt may take (the caller enforces it too; a neuron that talks to a
+    server can pass it on, e.g. as its socket timeout), None when the caller sets none.
     """
 
     messages: tuple[ChatMessage, ...]
     history: tuple[ChatMessage, ...] = ()
     references: tuple[Reference, ...] = ()
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,14 +125,14 @@ class Neuron(ABC):
     """Base class of every neuron type.
 
     Subclasses set `Config` to a `NeuronConfig` subclass whose `type` field is a `Literal` of
-    the registered type name, and implement `generate`. `prepare` (once, before the first
-    call) and `aclose` are optional hooks.
+    the registered type name, and implement `generate`; `__init__(config)` checks that the
+    config is a `Config`. `prepare` (once, before the first call), `bind` and `aclose` are
+    optional hooks.
 
-    How a neuron is *called* is the caller's business, the same for every type: each
-    attempt is bounded by `timeout` seconds, retryable failures are retried under
-    `retry_policy`, and when the neuron fails for good its `fallbacks` are tried in order.
-    A neuron makes one attempt per `generate` call and never retries by itself. The mixture
-    sets these three from the config; the defaults come from `settings`.
+    How a neuron is *called* is the caller's business, the same for every type: the mixture
+    bounds each attempt by a timeout (passed in `NeuronRequest.timeout` too), retries
+    retryable failures under its retry policy and tries the neuron's fallbacks when it fails
+    for good. A neuron makes one attempt per `generate` call and never retries by itself.
     """
 
     Config: ClassVar[type[NeuronConfig]] = NeuronConfig
@@ -137,17 +142,60 @@ class Neuron(ABC):
         config: NeuronConfig,
         *,
         settings: Settings | None = None,
-        path: str = "neuron",
+        path: str | None = None,
     ) -> None:
+        if settings is not None or path is not None:
+            warnings.warn(
+                f"{type(self).__name__}: Neuron.__init__(config, *, settings, path) is "
+                "deprecated and will be removed in the next release; take only the config "
+                "(moa passes settings and path to bind())",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        if not isinstance(config, self.Config):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.Config.__name__}, "
+                f"got {type(config).__name__}"
+            )
         self.config = config
-        self.settings = settings if settings is not None else Settings()
+        self._settings = settings
+        self.path = path if path is not None else "neuron"
+
+    @classmethod
+    def create(cls, config: NeuronConfig, *, settings: Settings, path: str) -> Self:
+        """How moa builds a neuron: `cls(config)`, then `bind(settings=..., path=...)`. A
+        `ConfigError` raised on the way (a bad option found at setup) is given the neuron's
+        key path if it does not name it already.
+
+        A subclass whose `__init__` still names `settings` or `path` (the old signature) is
+        given them as before; it works, with a `DeprecationWarning`.
+        """
+        try:
+            if cls.__init__ is not Neuron.__init__ and _takes_old_keywords(cls.__init__):
+                neuron = cls(config, settings=settings, path=path)
+            else:
+                neuron = cls(config)
+            neuron.bind(settings=settings, path=path)
+        except ConfigError as exc:
+            if type(exc) is not ConfigError or str(exc).startswith(path):
+                raise
+            raise ConfigError(f"{path}: {exc}", source=exc.source, errors=exc.errors) from exc
+        return neuron
+
+    def bind(self, *, settings: Settings, path: str) -> None:
+        """Called by moa once, right after construction: the settings in force and where the
+        neuron sits (its key path, used in errors and traces). Override it (calling super
+        first) to set up what needs them, and raise a `MoAError` for what cannot work, so it
+        fails when the mixture is built rather than on the first call."""
+        self._settings = settings
         self.path = path
-        self.timeout: float = config.timeout or self.settings.request_timeout
-        retries = config.max_retries
-        self.retry_policy = RetryPolicy(
-            max_retries=retries if retries is not None else self.settings.max_retries
-        )
-        self.fallbacks: tuple[Neuron, ...] = ()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (from `bind`; default: read from the environment)."""
+        if self._settings is None:
+            self._settings = Settings()
+        return self._settings
 
     @property
     def label(self) -> str:
@@ -190,3 +238,12 @@ class Neuron(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path} {self.label!r}>"
+
+
+def _takes_old_keywords(init: object) -> bool:
+    """Whether an `__init__` declares `settings` or `path` (the deprecated signature)."""
+    try:
+        parameters = inspect.signature(init).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return "settings" in parameters or "path" in parameters

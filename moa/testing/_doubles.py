@@ -26,10 +26,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from moa.config import NeuronConfig
+from moa.config._models import NeuronConfig
 from moa.hookspecs import RegisterNeuron, hookimpl
 from moa.neurons.base import Generation, Neuron, NeuronRequest
-from moa.settings import Settings
 
 __all__ = ["FakeNeuron", "FakeNeurons", "FakeReply", "fake_neurons"]
 
@@ -57,10 +56,8 @@ class FakeNeuron(Neuron):
     config: FakeNeuronConfig
     registry: ClassVar[FakeNeurons | None] = None
 
-    def __init__(
-        self, config: NeuronConfig, *, settings: Settings | None = None, path: str = "neuron"
-    ) -> None:
-        super().__init__(config, settings=settings, path=path)
+    def __init__(self, config: NeuronConfig) -> None:
+        super().__init__(config)
         self.queue: deque[FakeReply] = deque(self.config.replies)
         self.history: list[NeuronRequest] = []
         self.responder: Responder | None = None

@@ -26,7 +26,6 @@ from moa import (
     Neuron,
     NeuronConfig,
     NeuronRequest,
-    Settings,
     hookimpl,
 )
 from moa.hookspecs import RegisterNeuron
@@ -92,16 +91,10 @@ class FunctionNeuron(Neuron):
     Config = FunctionConfig
     config: FunctionConfig
 
-    def __init__(
-        self, config: NeuronConfig, *, settings: Settings | None = None, path: str = "neuron"
-    ) -> None:
-        super().__init__(config, settings=settings, path=path)
-        if not isinstance(config, FunctionConfig):
-            raise TypeError(f"FunctionNeuron needs a FunctionConfig, got {type(config).__name__}")
-        try:
-            self.function = resolve_callable(config.callable)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}", source=exc.source) from exc.__cause__
+    def __init__(self, config: NeuronConfig) -> None:
+        super().__init__(config)  # checks that config is a FunctionConfig
+        # a ConfigError here is reported with the neuron's key path by moa
+        self.function = resolve_callable(self.config.callable)
         self._is_async = inspect.iscoroutinefunction(self.function) or (
             inspect.iscoroutinefunction(type(self.function).__call__)
         )

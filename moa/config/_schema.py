@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moa.config import MoAConfig
+from moa.config._models import MoAConfig
 
 __all__ = ["config_json_schema"]
 

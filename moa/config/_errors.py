@@ -9,21 +9,10 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
-from moa.config import AggregationLayerConfig, MoAConfig, NeuronConfig
+from moa.config._dispatch import neuron_config_of
+from moa.config._models import AggregationLayerConfig, MoAConfig, NeuronConfig, key_path
 
 __all__ = ["explain", "key_path"]
-
-
-def key_path(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for i, part in enumerate(loc):
-        if part == "neuron" and i > 0 and loc[i - 1] == "aggregation_layer":
-            continue  # the aggregator's neuron keys sit beside its own keys in YAML
-        if isinstance(part, int):
-            parts.append(f"[{part}]")
-        else:
-            parts.append(f".{part}" if parts else str(part))
-    return "".join(parts)
 
 
 def explain(error: Any, data: Mapping[str, Any]) -> str:
@@ -56,7 +45,7 @@ def _allowed_keys(loc: tuple[int | str, ...], data: Any) -> list[str]:
     for part in loc:
         if model is NeuronConfig and not isinstance(part, int):
             # resolved only once `data` is the neuron's own mapping (not its layer's list)
-            model = _neuron_config_for(data)
+            model = neuron_config_of(data)
         if isinstance(data, (list, dict)) and part != "neuron":
             try:
                 data = data[part]  # type: ignore[index]
@@ -71,9 +60,9 @@ def _allowed_keys(loc: tuple[int | str, ...], data: Any) -> list[str]:
             return []
         model = _model_of(field.annotation)
     if model is NeuronConfig:
-        model = _neuron_config_for(data)
+        model = neuron_config_of(data)
     if model is AggregationLayerConfig:
-        neuron_cls = _neuron_config_for(data)
+        neuron_cls = neuron_config_of(data)
         return sorted((set(model.model_fields) - {"neuron"}) | set(neuron_cls.model_fields))
     return sorted(model.model_fields) if _is_model(model) else []
 
@@ -91,11 +80,3 @@ def _model_of(annotation: Any) -> Any:
         args = [a for a in get_args(annotation) if a is not type(None)]
         annotation = args[-1] if args else None
     return annotation
-
-
-def _neuron_config_for(data: Any) -> type[NeuronConfig]:
-    from moa.plugins import neuron_types
-
-    type_name = data.get("type", "llm") if isinstance(data, Mapping) else "llm"
-    neuron_cls = neuron_types().get(str(type_name))
-    return neuron_cls.Config if neuron_cls is not None else NeuronConfig

@@ -31,8 +31,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from moa._streaming import events
-from moa._wire import wire_error
+from moa.adapters._streaming import events
+from moa.adapters._wire import wire_error
 from moa.errors import MoAError
 from moa.events import Completed, MoAEvent, Token
 from moa.mixture import MixtureOfAgents
@@ -40,7 +40,7 @@ from moa.result import MoAResult
 
 __all__ = ["APIError", "create_app"]
 
-logger = logging.getLogger("moa.server")
+logger = logging.getLogger("moa.adapters.server")
 T = TypeVar("T")
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 

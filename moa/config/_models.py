@@ -1,14 +1,13 @@
-"""The configuration tree (pydantic v2, frozen, unknown keys rejected) and how it is loaded.
+"""The configuration tree: pydantic v2 models, frozen, unknown keys rejected.
 
-`load_config()` accepts a YAML file path, YAML text or a mapping, validates the whole tree
-before anything is built, and raises `ConfigError` naming the file, the key path
-(`proposal_layers[1].neurons[0].temperature`) and what is allowed.
+Pure data: nothing here asks the plugin registry. Which `NeuronConfig` subclass a neuron
+mapping is validated against is decided by the resolver `moa.config._dispatch` installs
+(see `NeuronConfig.resolve_type`); loading files and explaining errors live beside this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from pydantic import (
@@ -25,8 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from moa._template import placeholders_in
-from moa.errors import ConfigError, PluginError
+from moa.layers._template import placeholders_in
 
 __all__ = [
     "AGGREGATION_PLACEHOLDERS",
@@ -38,8 +36,9 @@ __all__ = [
     "NeuronConfig",
     "ProposalLayerConfig",
     "RetryConfig",
-    "json_schema",
-    "load_config",
+    "TypeResolver",
+    "key_path",
+    "set_type_resolver",
 ]
 
 AGGREGATION_PLACEHOLDERS = ("user_query", "responses", "response_weights")
@@ -78,11 +77,26 @@ _MAX_CONTEXT_TOKENS = (
 )
 
 
+TypeResolver = Callable[[str], "type[NeuronConfig]"]
+"""Maps a neuron `type` name to its config class (raising `ValueError` for an unknown one)."""
+
+_type_resolver: TypeResolver | None = None
+
+
+def set_type_resolver(resolver: TypeResolver | None) -> None:
+    """Install how a mapping validated as `NeuronConfig` itself finds its subclass by `type`.
+
+    `moa.config._dispatch` installs the plugin registry's lookup when `moa.config` is
+    imported, so that this module stays free of the registry."""
+    global _type_resolver
+    _type_resolver = resolver
+
+
 class NeuronConfig(BaseModel):
     """Options every neuron type shares. Each type's `Neuron.Config` subclasses this.
 
-    Validating a mapping against `NeuronConfig` itself picks the subclass registered for its
-    `type` (default `llm`) through the plugin registry.
+    Validating a mapping against `NeuronConfig` itself picks the subclass for its `type`
+    (default `llm`) with the resolver installed by `set_type_resolver` (the plugin registry's).
     """
 
     model_config = _STRICT
@@ -123,17 +137,12 @@ class NeuronConfig(BaseModel):
     def _dispatch_on_type(
         cls, data: Any, handler: ModelWrapValidatorHandler[NeuronConfig]
     ) -> NeuronConfig:
-        if cls is NeuronConfig and isinstance(data, Mapping):
+        resolve = _type_resolver
+        if cls is NeuronConfig and isinstance(data, Mapping) and resolve is not None:
             type_name = data.get("type", "llm")
             if not isinstance(type_name, str):
                 raise ValueError(f"'type' must be a string, got {type(type_name).__name__}")
-            from moa.plugins import get_neuron_class
-
-            try:
-                neuron_cls = get_neuron_class(type_name)
-            except PluginError as exc:
-                raise ValueError(str(exc)) from None
-            return neuron_cls.Config.model_validate(data)
+            return resolve(type_name).model_validate(data)
         return handler(data)
 
     @model_validator(mode="after")
@@ -344,58 +353,8 @@ class MoAConfig(BaseModel):
         return self
 
 
-Source = str | Path | Mapping[str, Any]
-
-
-def load_config(source: Source, *, is_file_path: bool | None = None) -> MoAConfig:
-    """Load and validate a config from a file path, YAML text or a mapping.
-
-    `is_file_path=None` treats a `Path` as a file and a `str` as a file when it names an
-    existing file and does not look like YAML.
-    """
-    if isinstance(source, MoAConfig):
-        return source
-    if isinstance(source, Mapping):
-        return _validate(dict(source), "<dict>")
-    if is_file_path is None:
-        is_file_path = isinstance(source, Path) or (
-            "\n" not in source and ":" not in source.replace("\\", "/").split("/")[-1]
-        )
-    if is_file_path:
-        path = Path(source)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}", source=str(path)) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}", source=str(path)) from None
-        return _validate(_parse_yaml(text, str(path)), str(path))
-    return _validate(_parse_yaml(str(source), "<string>"), "<string>")
-
-
-def _parse_yaml(text: str, source: str) -> dict[str, Any]:
-    import yaml  # lazily: `import moa` stays light
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{source}: invalid YAML{where}: {problem}", source=source) from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{source}: the config must be a mapping with proposal_layers and aggregation_layer, "
-            f"got {type(data).__name__}",
-            source=source,
-        )
-    return data
-
-
 def _first_error(exc: ValueError) -> str:
     """A short reason from a ValueError or pydantic ValidationError."""
-    from moa._config_errors import key_path
-
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
         where = key_path(first["loc"])
@@ -406,28 +365,14 @@ def _first_error(exc: ValueError) -> str:
     return str(exc)
 
 
-def _validate(data: dict[str, Any], source: str) -> MoAConfig:
-    try:
-        return MoAConfig.model_validate(data)
-    except ValidationError as exc:
-        from moa._config_errors import explain, key_path
-
-        errors = [(key_path(e["loc"]), explain(e, data)) for e in exc.errors()]
-        lines = "\n".join(f"  {path or '<root>'}: {message}" for path, message in errors)
-        count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
-        raise ConfigError(
-            f"invalid moa config in {source} ({count}):\n{lines}", source=source, errors=errors
-        ) from None
-
-
-def json_schema() -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of a config file, with every installed neuron type.
-
-    Wherever a neuron goes (annotator, each layer's neurons, the aggregator) the schema is a
-    union discriminated by `type` over the installed types' `Config` models; `type` may be
-    left out only for the default `llm`. The aggregator's schema puts the neuron keys beside
-    `aggregation_prompt`, `shuffle` and `dropout_rate`, as they are written in YAML.
-    """
-    from moa._schema import config_json_schema
-
-    return config_json_schema()
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as written in YAML: `proposal_layers[1].neurons[0].model`."""
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if part == "neuron" and i > 0 and loc[i - 1] == "aggregation_layer":
+            continue  # the aggregator's neuron keys sit beside its own keys in YAML
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(f".{part}" if parts else str(part))
+    return "".join(parts)

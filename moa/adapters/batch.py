@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moa._wire import describe_error
+from moa.adapters._wire import describe_error
 from moa.errors import MoAError
 from moa.mixture import MixtureOfAgents
 

@@ -1,10 +1,12 @@
-"""The fast path's HTTP client: one pooled aiohttp session per event loop, shared by all neurons.
+"""The direct transport's HTTP client: one pooled aiohttp session per event loop, shared by
+all neurons.
 
 litellm stays in charge of *where* a call goes (provider, URL, key); for OpenAI-compatible
 endpoints this module makes the call itself, skipping litellm's per-call bookkeeping (cost
 calculation, success logging in a thread pool, repeated model-info lookups), which cost ~5x
 the CPU of the HTTP request. Failures are raised as moa's error classes with the upstream
-status code; the caller adds the neuron's context.
+status code (through the one failure-kind table, every upstream text through
+`upstream_text`); the caller adds the neuron's context.
 
 Sessions close themselves when their event loop shuts down (`asyncio.run()` finalises async
 generators, and each session is guarded by one), so scripts need no explicit cleanup.
@@ -20,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from moa.errors import (
-    InvalidResponseError,
-    NeuronError,
-    ProviderError,
-    redact,
+from moa.errors import InvalidResponseError, NeuronError, ProviderError
+from moa.neurons.llm._upstream_errors import (
+    FailureKind,
+    kind_of_status,
+    neuron_error,
+    retry_after_seconds,
+    upstream_text,
 )
-from moa.neurons._upstream_errors import kind_of_status, neuron_error, retry_after_seconds
 
 if TYPE_CHECKING:
     import aiohttp
@@ -80,26 +83,32 @@ def _headers(api_key: SecretStr | None, **extra: str) -> dict[str, str]:
 def _error_for(
     status: int, headers: Mapping[str, str], body: bytes, api_key: SecretStr | None
 ) -> NeuronError:
-    message = body.decode("utf-8", "replace")[:2000]
+    message: str | bytes = body
     try:
         parsed = json.loads(body)
         if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            message = str(parsed["error"].get("message") or message)
+            message = str(parsed["error"].get("message") or body.decode("utf-8", "replace"))
         elif isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
             message = parsed["error"]
     except ValueError:
         pass
-    message = redact(message, [api_key.get_secret_value() if api_key else None])
     # Retry-After is honoured for any retryable status, not only 429
     return neuron_error(
-        kind_of_status(status), message, status=status, retry_after=retry_after_seconds(headers)
+        kind_of_status(status),
+        upstream_text(message, _secrets(api_key), limit=2000),
+        status=status,
+        retry_after=retry_after_seconds(headers),
     )
+
+
+def _secrets(api_key: SecretStr | None) -> list[str | None]:
+    return [api_key.get_secret_value() if api_key else None]
 
 
 def _transport_error(exc: BaseException, timeout: float | None) -> NeuronError:
     if isinstance(exc, TimeoutError):
-        return neuron_error("timeout", f"no answer within {timeout or 0:g} s")
-    return neuron_error("connection", f"{type(exc).__name__}: {exc}")
+        return neuron_error(FailureKind.TIMEOUT, f"no answer within {timeout or 0:g} s")
+    return neuron_error(FailureKind.CONNECTION, upstream_text(f"{type(exc).__name__}: {exc}", []))
 
 
 async def post_json(
@@ -128,17 +137,18 @@ async def post_json(
                     response.status, response.headers, await response.read(), api_key
                 )
             else:
-                return _decode(await response.read())
+                return _decode(await response.read(), api_key)
     except (aiohttp.ClientError, TimeoutError) as exc:
         failure = _transport_error(exc, timeout_s)
     raise failure  # outside the except block: no __context__ into aiohttp's frames
 
 
-def _decode(body: bytes) -> dict[str, Any]:
+def _decode(body: bytes, api_key: SecretStr | None) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except ValueError:
-        raise neuron_error("not_json", repr(body[:200])) from None
+        shown = upstream_text(body, _secrets(api_key), limit=200)
+        raise neuron_error(FailureKind.NOT_JSON, repr(shown)) from None
     if not isinstance(data, dict):
         raise InvalidResponseError("the provider answered with JSON that is not an object")
     return data
@@ -179,18 +189,20 @@ async def stream_sse(
                 try:
                     event = json.loads(data)
                 except ValueError:
+                    shown = upstream_text(data, _secrets(api_key), limit=200)
                     raise InvalidResponseError(
-                        f"the provider streamed an event that is not JSON: {data[:200]!r}"
+                        f"the provider streamed an event that is not JSON: {shown!r}"
                     ) from None
                 if isinstance(event, dict):
                     if isinstance(event.get("error"), dict):
                         raise ProviderError(
-                            redact(
+                            upstream_text(
                                 str(event["error"].get("message", event["error"])),
-                                [api_key.get_secret_value() if api_key else None],
+                                _secrets(api_key),
+                                limit=2000,
                             )
                         )
                     yield event
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise _transport_error(exc, timeout_s) from None
-    raise neuron_error("cut_stream", "")
+    raise neuron_error(FailureKind.CUT_STREAM, "")
