@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -245,3 +247,14 @@ def test_two_models_prepared_concurrently_leave_stdout_and_stderr_alone() -> Non
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("stdout alive")
     assert out.stderr.strip().endswith("stderr alive")
+
+
+def test_readme_local_models_config_loads_with_the_documented_settings() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Local models\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)\n```", section, flags=re.S)
+    config = load_config(block, is_file_path=False)
+    aggregator = config.aggregation_layer.neuron
+    assert isinstance(aggregator, LlamaCppConfig)
+    assert (aggregator.n_parallel, aggregator.n_ctx) == (4, 8192)
+    assert aggregator.n_ctx // aggregator.n_parallel == 2048  # "2048 per request"
