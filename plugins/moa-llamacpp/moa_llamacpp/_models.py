@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import os
 import threading
@@ -27,6 +28,7 @@ __all__ = [
     "ModelKey",
     "SharedModel",
     "default_model_path",
+    "default_threads",
     "loaded_models",
     "physical_cores",
     "shared_model",
@@ -79,6 +81,24 @@ def physical_cores() -> int:
     except OSError:
         return max(len(allowed), 1)
     return max(len(cores), 1)
+
+
+@functools.cache
+def default_threads() -> int:
+    """`n_threads` when a neuron sets none: the physical cores not already busy when first
+    asked (`physical_cores()` minus the 1-minute load average, at least 1), then the same
+    for the life of the process, so neurons built later still share their model.
+
+    llama.cpp's threads meet at a spinning barrier several hundred times per token: with
+    more threads than free cores, each barrier waits for a descheduled thread. On 2 cores
+    with other work running, 2 threads took 6 to 15 times longer per token than 1.
+    """
+    cores = physical_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        busy = 0.0
+    return max(1, min(cores, cores - round(busy)))
 
 
 @dataclass(frozen=True)

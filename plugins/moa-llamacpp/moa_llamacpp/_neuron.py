@@ -32,7 +32,7 @@ from moa_llamacpp._models import (
     ModelKey,
     SharedModel,
     default_model_path,
-    physical_cores,
+    default_threads,
     shared_model,
 )
 from moa_llamacpp._scheduler import Ask, Outcome, Ticket
@@ -95,7 +95,10 @@ class LlamaCppConfig(NeuronConfig):
         description="Most requests decoded together on the model; more wait for a slot.",
     )
     n_threads: int | None = Field(
-        default=None, gt=0, description="CPU threads; default: the physical cores."
+        default=None,
+        gt=0,
+        description="CPU threads of the model's decode; default: the physical cores not "
+        "already busy (load average) when the first neuron is built, at least 1.",
     )
     seed: int | None = Field(
         default=None, ge=0, description="Sampling seed; the same seed gives the same answer."
@@ -152,7 +155,7 @@ class LlamaCppNeuron(Neuron):
         self.key = ModelKey(
             path=str(self.model_file),
             n_ctx=config.n_ctx,
-            n_threads=config.n_threads or physical_cores(),
+            n_threads=config.n_threads or default_threads(),
             n_parallel=config.n_parallel,
         )
 

@@ -20,6 +20,7 @@ from moa_llamacpp import (
     LlamaCppError,
     LlamaCppNeuron,
     default_model_path,
+    default_threads,
     physical_cores,
 )
 
@@ -57,8 +58,9 @@ def neuron(**options: Any) -> LlamaCppNeuron:
     )
 
 
-def test_n_threads_defaults_to_the_physical_cores() -> None:
-    assert neuron().key.n_threads == physical_cores() >= 1
+def test_n_threads_defaults_to_the_free_physical_cores() -> None:
+    assert 1 <= neuron().key.n_threads == default_threads() <= physical_cores()
+    assert neuron().key == neuron().key  # one value per process: neurons share the model
     assert neuron(n_threads=3).key.n_threads == 3
 
 
