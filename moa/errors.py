@@ -76,7 +76,9 @@ class ConfigError(MoAError, ValueError):
 
     `source` is the file (or `<string>` / `<dict>`) and `errors` a list of
     `(key_path, message)` pairs such as `("proposal_layers[1].neurons[0].temperature",
-    "Input should be less than or equal to 2")`.
+    "Input should be less than or equal to 2")`. `values` pairs each key path at fault with
+    the type of the value found there (`"missing"` for a missing key): what may be shown to
+    someone who must not see the file's content.
     """
 
     def __init__(
@@ -85,16 +87,16 @@ class ConfigError(MoAError, ValueError):
         *,
         source: str | None = None,
         errors: Sequence[tuple[str, str]] = (),
+        values: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.source = source
         self.errors = list(errors)
+        self.values = list(values)
         super().__init__(message)
 
     def __reduce__(self) -> Any:
-        return (
-            _rebuild,
-            (type(self), (str(self),), {"source": self.source, "errors": self.errors}),
-        )
+        state = {"source": self.source, "errors": self.errors, "values": self.values}
+        return (_rebuild, (type(self), (str(self),), state))
 
 
 class MissingCredentialsError(ConfigError):

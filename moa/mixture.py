@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from pathlib import Path
 from typing import Any
 
+from moa._unicode import lone_surrogate
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
 from moa.errors import QueryError
@@ -90,6 +91,13 @@ def normalise_query(query: Query) -> tuple[list[ChatMessage], str]:
             "query must be a non-empty str, a list of str (user turns) or a list of "
             f"{{'role', 'content'}} dicts, got {type(query).__name__}"
         )
+    for i, message in enumerate(messages):
+        position = lone_surrogate(message["content"])
+        if position is not None:
+            raise QueryError(
+                f"query turn {i} holds a lone surrogate at position {position} (half of a "
+                "UTF-16 pair, e.g. from the JSON escape \\ud83d): it is not valid Unicode text"
+            )
     user_turns = [m["content"] for m in messages if m["role"] == "user"]
     if not user_turns or messages[-1]["role"] != "user":
         raise QueryError("the query must end with a user turn")

@@ -111,7 +111,8 @@ def test_mixtures_from_the_environment_and_from_a_path(
     monkeypatch.setenv("MOA_LITELLM_CONFIGS", f"x=y.yaml,other={tmp_path / 'configs/other.yaml'}")
     response = litellm.completion(model="moa/other", messages=HI)
     assert response.choices[0].message.content == "answer from lp/OTHER"
-    # a path relative to the working directory
+    # a path relative to the working directory, with the opt-in
+    monkeypatch.setenv("MOA_LITELLM_ALLOW_PATHS", "1")
     response = litellm.completion(model="moa/configs/other.yaml", messages=HI)
     assert response.choices[0].message.content == "answer from lp/OTHER"
     assert provider.resolve("moa/other") is provider.resolve("other")  # built once

@@ -252,7 +252,8 @@ def test_failed_run_gets_an_error_status(server: ServerThread, fake: FakeProvide
             model="solo", messages=[{"role": "user", "content": "x"}]
         )
     assert caught.value.status_code == 502
-    assert "provider down" in caught.value.message
+    assert "upstream error (HTTP 500)" in caught.value.message
+    assert "provider down" not in caught.value.message  # upstream text stays in the log
     fake.script("solo/P", Reply(status=429, error_message="slow down"))
     with pytest.raises(openai.RateLimitError):
         client(server).chat.completions.create(
@@ -271,10 +272,12 @@ def test_error_after_the_stream_started_is_sent_in_stream(
     events = [e for e in raw.text.split("\n\n") if e]
     assert "data: [DONE]" not in events
     error = json.loads(events[-1].removeprefix("data: "))["error"]
-    assert error["type"] == "server_error" and "ended before it was complete" in error["message"]
+    assert error["type"] == "server_error" and error["message"] == (
+        "the aggregator failed: aggregation_layer (solo/AGG): invalid response"
+    )
     fake.script("solo/AGG", Reply(content="partial answer", fault="no_done"))
     received = []
-    with pytest.raises(openai.APIError, match="ended before it was complete"):
+    with pytest.raises(openai.APIError, match="invalid response"):
         for chunk in client(server).chat.completions.create(
             model="solo", messages=[{"role": "user", "content": "hi"}], stream=True
         ):

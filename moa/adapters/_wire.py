@@ -5,10 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moa.errors import AggregationFailed, AllNeuronsFailed, MoAError, QueryError, RateLimitError
+from moa.errors import (
+    AggregationFailed,
+    AllNeuronsFailed,
+    AuthenticationError,
+    InvalidResponseError,
+    MoAError,
+    NeuronError,
+    ProviderConnectionError,
+    QueryError,
+    RateLimitError,
+)
 from moa.errors import TimeoutError as NeuronTimeout
 
-__all__ = ["WireError", "describe_error", "wire_error"]
+__all__ = ["WireError", "describe_error", "failure_kind", "public_message", "wire_error"]
 
 
 def describe_error(exc: BaseException) -> str:
@@ -55,3 +65,44 @@ def wire_error(exc: BaseException) -> WireError:
     if causes and all(isinstance(c, NeuronTimeout) for c in causes):
         return WireError(504, message, "timeout_error", "upstream_timeout")
     return WireError(502, message, "server_error", "upstream_error")
+
+
+def failure_kind(exc: BaseException) -> str:
+    """How a neuron failed, in a few stable words (never the upstream's text)."""
+    if isinstance(exc, NeuronTimeout):
+        return "timed out"
+    if isinstance(exc, RateLimitError):
+        return "rate limited"
+    if isinstance(exc, AuthenticationError):
+        return "authentication failed"
+    if isinstance(exc, ProviderConnectionError):
+        return "connection failed"
+    if isinstance(exc, InvalidResponseError):
+        return "invalid response"
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, NeuronError) and status:
+        return f"upstream error (HTTP {status})"
+    return "failed"
+
+
+def _neuron(exc: BaseException) -> str:
+    if not isinstance(exc, NeuronError):
+        return "a neuron"
+    name = exc.neuron or "a neuron"
+    return f"{name} ({exc.model})" if exc.model else name
+
+
+def public_message(exc: BaseException) -> str:
+    """What a failed run is reported as to someone who must not see upstream text (API
+    clients of `moa serve`): each failed neuron and how it failed."""
+    if isinstance(exc, AllNeuronsFailed):
+        where = exc.layer or "a layer"
+        causes = "; ".join(f"{_neuron(c)}: {failure_kind(c)}" for c in exc.exceptions)
+        return f"every neuron of {where} failed: {causes}"
+    if isinstance(exc, AggregationFailed):
+        cause = exc.cause
+        detail = f": {_neuron(cause)}: {failure_kind(cause)}" if cause is not None else ""
+        return f"the aggregator failed{detail}"
+    if isinstance(exc, NeuronError):
+        return f"{_neuron(exc)}: {failure_kind(exc)}"
+    return "the mixture failed" if isinstance(exc, MoAError) else "internal error in moa"

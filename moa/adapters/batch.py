@@ -11,19 +11,28 @@ with its `error` instead of stopping the run. Each line is written with a single
 the whole line on a file opened for appending, then flushed to disk, so a killed run leaves
 whole lines only; rerunning skips every id already in the output. A half line left by another
 tool at the end of the file is cut off before appending, and unreadable lines are ignored.
+
+Whatever one query does (a lone surrogate in its text, an unexpected error), its line is
+written as failed and the run goes on; every line written is valid UTF-8 (a lone surrogate
+in an answer becomes U+FFFD). The first line that cannot be written (a full disk,
+`-o /dev/full`) stops the run with `BatchOutputError`: what was written stays, and a rerun
+resumes. Only a regular file is read back for resuming.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moa._unicode import json_bytes, lone_surrogate
 from moa.adapters._wire import describe_error
 from moa.errors import MoAError
 from moa.mixture import MixtureOfAgents
@@ -31,6 +40,7 @@ from moa.mixture import MixtureOfAgents
 __all__ = [
     "BatchInputError",
     "BatchItem",
+    "BatchOutputError",
     "BatchSummary",
     "JsonlAppender",
     "read_items",
@@ -39,10 +49,15 @@ __all__ = [
 ]
 
 ItemId = str | int
+logger = logging.getLogger("moa.adapters.batch")
 
 
 class BatchInputError(MoAError, ValueError):
     """The input file cannot be run as a batch (unreadable, or an id used twice)."""
+
+
+class BatchOutputError(MoAError):
+    """A result line could not be written; the run stopped there (rerun to resume)."""
 
 
 @dataclass(frozen=True)
@@ -74,15 +89,20 @@ def _key(item_id: ItemId) -> str:
 def read_items(path: Path) -> list[BatchItem]:
     """Read the input file. Raises `BatchInputError` if it cannot be read or an id repeats."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise BatchInputError(f"cannot read {path}: {exc.strerror or exc}") from None
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        item = _parse_line(line, number)
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:  # that line fails; the others run
+            item = BatchItem(number, None, f"line {number} is not UTF-8 text")
+        else:
+            if not line.strip():
+                continue
+            item = _parse_line(line, number)
         key = _key(item.id)
         if key in seen:
             raise BatchInputError(
@@ -110,6 +130,8 @@ def _parse_line(line: str, number: int) -> BatchItem:
         item_id = number
     if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
         return BatchItem(number, None, f"line {number}: id must be a string or an integer")
+    if isinstance(item_id, str) and lone_surrogate(item_id) is not None:
+        return BatchItem(number, None, f"line {number}: the id holds a lone surrogate")
     query = data.get("query", data.get("messages"))
     if query is None:
         return BatchItem(item_id, None, f"line {number} has no 'query'")
@@ -120,7 +142,11 @@ def written_ids(path: Path) -> tuple[set[str], int]:
     """Ids already in the output file (as `json.dumps` keys) and the number of unreadable
     lines. A half-written last line (no newline, not JSON) is cut off so appends start on a
     fresh line; a complete last line without its newline gets one."""
-    if not path.exists():
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return set(), 0
+    if not stat.S_ISREG(mode):  # a pipe or a device (/dev/full reads zeros forever)
         return set(), 0
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
@@ -171,16 +197,23 @@ class JsonlAppender:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write_line(self, record: dict[str, Any]) -> None:
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        data = json_bytes(record) + b"\n"
         view = memoryview(data)
         while view:  # a regular file takes it in one write; loop only on a short write
             written = os.write(self._fd, view)
             view = view[written:]
 
     async def append(self, record: dict[str, Any]) -> None:
-        self.write_line(record)
-        if self.sync:
-            await asyncio.to_thread(os.fsync, self._fd)
+        """Write and (with `sync`) fsync one line; `BatchOutputError` if the file refuses."""
+        try:
+            self.write_line(record)
+            if self.sync and stat.S_ISREG(os.fstat(self._fd).st_mode):
+                await asyncio.to_thread(os.fsync, self._fd)
+        except OSError as exc:
+            raise BatchOutputError(
+                f"cannot write {self.path}: {exc.strerror or exc}; the run stopped there "
+                "(lines written so far are kept; rerun the same command to resume)"
+            ) from None
 
     def close(self) -> None:
         os.close(self._fd)
@@ -266,6 +299,12 @@ async def run_batch(
                 except MoAError as exc:
                     elapsed = time.perf_counter() - started
                     record = _failure(item, describe_error(exc), type(exc).__name__, elapsed)
+                except Exception as exc:  # one query never stops the run; its line says why
+                    logger.exception("moa batch: unexpected error on id %r", item.id)
+                    elapsed = time.perf_counter() - started
+                    kind = type(exc).__name__
+                    message = f"unexpected {kind} (details in the log)"
+                    record = _failure(item, message, kind, elapsed)
                 else:
                     record = _success(item, result, time.perf_counter() - started)
             await appender.append(record)

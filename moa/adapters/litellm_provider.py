@@ -7,8 +7,13 @@
     response = litellm.completion(model="moa/research", messages=[...])
 
 `<name>` is looked up in what `register()` was given, then in `MOA_LITELLM_CONFIGS`
-(`name=path.yaml,other=path2.yaml`), then as a config file path
-(`model="moa/configs/research.yaml"`). Each mixture is built once and reused. `completion`,
+(`name=path.yaml,other=path2.yaml`). Only with an explicit opt-in (`MOA_LITELLM_ALLOW_PATHS=1`
+or `register(allow_paths=True)`) is it then tried as a `.yaml` / `.yml` file path
+(`model="moa/configs/research.yaml"`): behind a litellm proxy `moa/<anything>` comes from
+clients, and reading any file they name would make the proxy a file reader. For the same
+reason a config that fails to load is reported with its key paths and the types of the
+values at fault, never the values (`moa validate` shows the full reasons locally). Each
+mixture is built once and reused. `completion`,
 `acompletion` and both streaming forms work; usage is the sum over every call of the mixture,
 and sampling parameters are ignored (the config decides them).
 
@@ -35,7 +40,7 @@ from typing import Any
 from moa.adapters._streaming import events
 from moa.adapters._wire import wire_error
 from moa.config import MoAConfig, Source
-from moa.errors import ConfigError, MoAError
+from moa.errors import ConfigError, MissingCredentialsError, MoAError
 from moa.events import Completed, MoAEvent, Token
 from moa.mixture import MixtureOfAgents
 from moa.neurons.llm import load_litellm
@@ -45,6 +50,8 @@ __all__ = ["PROVIDER", "MoAProvider", "handler", "register", "resolve", "unregis
 
 PROVIDER = "moa"
 ENV_CONFIGS = "MOA_LITELLM_CONFIGS"
+ENV_ALLOW_PATHS = "MOA_LITELLM_ALLOW_PATHS"
+_SUFFIXES = (".yaml", ".yml")
 
 _litellm = load_litellm()
 from litellm.llms.custom_llm import CustomLLM, CustomLLMError  # noqa: E402
@@ -52,14 +59,22 @@ from litellm.llms.custom_llm import CustomLLM, CustomLLMError  # noqa: E402
 _lock = threading.Lock()
 _sources: dict[str, Source | MoAConfig | MixtureOfAgents] = {}
 _built: dict[str, MixtureOfAgents] = {}
+_options = {"allow_paths": False}
 
 
 def register(
     mixtures: Mapping[str, Source | MoAConfig | MixtureOfAgents] | None = None,
+    *,
+    allow_paths: bool | None = None,
 ) -> MoAProvider:
     """Make `moa/<name>` models available to litellm (idempotent) and add named mixtures:
-    a config path, YAML text, a mapping, a `MoAConfig` or a built `MixtureOfAgents`."""
+    a config path, YAML text, a mapping, a `MoAConfig` or a built `MixtureOfAgents`.
+
+    `allow_paths=True` also lets `moa/<path>.yaml` load that file (as `MOA_LITELLM_ALLOW_PATHS=1`
+    does); only for callers you trust with every YAML file this process can read."""
     with _lock:
+        if allow_paths is not None:
+            _options["allow_paths"] = allow_paths
         for name, source in (mixtures or {}).items():
             _sources[name] = source
             _built.pop(name, None)
@@ -78,6 +93,7 @@ def unregister(name: str | None = None) -> None:
             return
         _sources.clear()
         _built.clear()
+        _options["allow_paths"] = False
         _litellm.custom_provider_map[:] = [
             e for e in _litellm.custom_provider_map if e.get("provider") != PROVIDER
         ]
@@ -96,18 +112,47 @@ def resolve(model: str) -> MixtureOfAgents:
         source = _sources.get(name)
         if source is None:
             source = _from_environment(name)
-        if source is None and Path(name).is_file():
-            source = Path(name)
+        if source is None and _paths_allowed():
+            if not name.lower().endswith(_SUFFIXES):
+                raise ConfigError(
+                    f"moa/{name}: only registered names, {ENV_CONFIGS} and .yaml / .yml "
+                    "config files can be used"
+                )
+            if Path(name).is_file():
+                source = Path(name)
         if source is None:
             known = sorted({*_sources, *_environment()})
+            paths = " or use a .yaml config file path" if _paths_allowed() else ""
             raise ConfigError(
                 f"no moa mixture named {name!r}: register it with "
-                f"moa.litellm_provider.register({{{name!r}: 'config.yaml'}}), list it in "
-                f"{ENV_CONFIGS}, or use a config file path (known: {', '.join(known) or 'none'})"
+                f"moa.litellm_provider.register({{{name!r}: 'config.yaml'}}) or list it in "
+                f"{ENV_CONFIGS}{paths} (known: {', '.join(known) or 'none'})"
             )
-        moa = source if isinstance(source, MixtureOfAgents) else MixtureOfAgents.from_config(source)
+        moa = source if isinstance(source, MixtureOfAgents) else _build(source)
         _built[name] = moa
         return moa
+
+
+def _paths_allowed() -> bool:
+    return _options["allow_paths"] or os.environ.get(ENV_ALLOW_PATHS, "") in {"1", "true", "yes"}
+
+
+def _build(source: Source | MoAConfig) -> MixtureOfAgents:
+    """The mixture of `source`; a config error names key paths and value types only."""
+    try:
+        return MixtureOfAgents.from_config(source)
+    except MissingCredentialsError:
+        raise  # names the variable to set, nothing from the file
+    except ConfigError as exc:
+        where = exc.source or "the config"
+        if exc.values:
+            at = "; ".join(f"{path or '<root>'} ({kind})" for path, kind in exc.values)
+            message = f"invalid moa config in {where}, at: {at}"
+        else:
+            message = f"{where} cannot be loaded as a moa config"
+        raise ConfigError(
+            f"{message} (run `moa validate {where}` for the details)", source=exc.source
+        ) from None
 
 
 def _environment() -> dict[str, str]:

@@ -9,8 +9,14 @@ Responses follow the OpenAI wire format: `chat.completion`, or with `stream: tru
 when `stream_options.include_usage` is set). Errors are `{"error": {"message", "type",
 "param", "code"}}` with OpenAI's status codes; an error after the stream started is sent as
 one `data: {"error": ...}` event. Sampling parameters (`temperature`, `max_tokens`...) are
-accepted and ignored: the mixture's config decides them. A client that disconnects cancels
-the upstream calls of its request.
+accepted and ignored: the mixture's config decides them; fields that would change what the
+answer means (`tools`, `response_format`...) are refused with 400 naming the field. A client
+that disconnects cancels the upstream calls of its request.
+
+Clients are not trusted: bodies, JSON depth and integers are bounded and slow clients are cut
+off (`ServerLimits`, applied to uvicorn with `uvicorn_options`); every malformed request gets a
+JSON 400 / 408 / 413. A failed run is reported with a stable message naming each neuron and
+how it failed; the upstream's own text (which may name internal hosts) goes to the log only.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -31,18 +36,33 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from moa._unicode import json_bytes, lone_surrogate
+from moa.adapters._server_limits import (
+    RequestRefused,
+    ServerLimits,
+    read_json_body,
+    refuse_unsupported,
+    uvicorn_options,
+)
 from moa.adapters._streaming import events
-from moa.adapters._wire import wire_error
+from moa.adapters._wire import describe_error, public_message, wire_error
 from moa.errors import MoAError
 from moa.events import Completed, MoAEvent, Token
 from moa.mixture import MixtureOfAgents
 from moa.result import MoAResult
 
-__all__ = ["APIError", "create_app"]
+__all__ = ["APIError", "ServerLimits", "create_app", "uvicorn_options"]
 
 logger = logging.getLogger("moa.adapters.server")
 T = TypeVar("T")
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class _JSON(JSONResponse):
+    """A JSON response that is always valid UTF-8 (a lone surrogate becomes U+FFFD)."""
+
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content)
 
 
 class APIError(Exception):
@@ -62,7 +82,7 @@ class APIError(Exception):
         super().__init__(message)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body, status_code=self.status)
+        return _JSON(self.body, status_code=self.status)
 
 
 class _Disconnected(Exception):
@@ -70,11 +90,15 @@ class _Disconnected(Exception):
 
 
 def _api_error(exc: BaseException) -> APIError:
-    """The HTTP error a failed run is reported as."""
+    """The HTTP error a failed run is reported as: a stable message for the client, the
+    upstream's own text in the log."""
     error = wire_error(exc)
     if error.status == 500:
         logger.error("moa server: unexpected error", exc_info=exc)
-    return APIError(error.status, error.message, error.type, param=error.param, code=error.code)
+    elif error.status >= 429:
+        logger.warning("moa server: run failed (HTTP %d): %s", error.status, describe_error(exc))
+    message = error.message if error.status < 429 else public_message(exc)
+    return APIError(error.status, message, error.type, param=error.param, code=error.code)
 
 
 def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -98,15 +122,27 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
         if isinstance(content, list):
             parts = []
             for part in content:
-                if not (isinstance(part, dict) and part.get("type") == "text"):
+                if not (
+                    isinstance(part, dict)
+                    and part.get("type") == "text"
+                    and isinstance(part.get("text", ""), str)
+                ):
                     raise APIError(
-                        400, f"{where}.content: only text parts are supported",
+                        400, f"{where}.content: only text parts (with string text) are supported",
                         param=f"{where}.content",
                     )  # fmt: skip
                 parts.append(str(part.get("text", "")))
             content = "".join(parts)
         if not isinstance(content, str):
             raise APIError(400, f"{where}.content must be a string", param=f"{where}.content")
+        position = lone_surrogate(content)
+        if position is not None:
+            raise APIError(
+                400,
+                f"{where}.content holds a lone surrogate at position {position}: not valid "
+                "Unicode text",
+                param=f"{where}.content",
+            )
         messages.append({"role": role, "content": content})
     return messages
 
@@ -142,14 +178,21 @@ def _usage(result: MoAResult) -> dict[str, int]:
 
 
 def create_app(
-    mixtures: Mapping[str, MixtureOfAgents], *, api_key: str | None = None, prepare: bool = True
+    mixtures: Mapping[str, MixtureOfAgents],
+    *,
+    api_key: str | None = None,
+    prepare: bool = True,
+    limits: ServerLimits | None = None,
 ) -> Starlette:
     """A Starlette app serving `mixtures` by name.
 
     `api_key` (the CLI passes `MOA_SERVER_API_KEY`) makes /v1 routes require
     `Authorization: Bearer <api_key>`. `prepare` loads what the mixtures need at startup.
+    `limits` bounds request bodies (the connection-level limits are uvicorn's: run it with
+    `uvicorn_options(limits)`).
     """
     served = dict(mixtures)
+    limits = limits or ServerLimits()
     started = int(time.time())
 
     def check_auth(request: Request) -> None:
@@ -166,19 +209,16 @@ def create_app(
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "models": list(served)})
+        return _JSON({"status": "ok", "models": list(served)})
 
     async def models(request: Request) -> Response:
         check_auth(request)
         data = [{"id": n, "object": "model", "created": started, "owned_by": "moa"} for n in served]
-        return JSONResponse({"object": "list", "data": data})
+        return _JSON({"object": "list", "data": data})
 
     async def chat_completions(request: Request) -> Response:
         check_auth(request)
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise APIError(400, "We could not parse the JSON body of your request.") from None
+        body = await read_json_body(request, limits)
         if not isinstance(body, dict):
             raise APIError(400, "The request body must be a JSON object.")
         name = body.get("model")
@@ -200,16 +240,16 @@ def create_app(
         options = body.get("stream_options") or {}
         if not isinstance(options, dict):
             raise APIError(400, "'stream_options' must be an object", param="stream_options")
+        refuse_unsupported(body)
         header = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "created": int(time.time()),
             "model": name,
             "system_fingerprint": None,
         }
-        upstream = events(served[name], messages)
-        if not stream:
-            result = await _until_disconnect(request, _result(upstream))
-            return JSONResponse(
+        if not stream:  # process(): the aggregator is not streamed, and retries apply
+            result = await _until_disconnect(request, served[name].process(messages))
+            return _JSON(
                 {
                     "id": header["id"],
                     "object": "chat.completion",
@@ -233,6 +273,7 @@ def create_app(
             )
         # Wait for the first piece of the answer before sending headers, so that a run that
         # fails early still gets a proper HTTP status.
+        upstream = events(served[name], messages)
         first = await _until_disconnect(request, _first(upstream))
         include_usage = bool(options.get("include_usage"))
         return StreamingResponse(
@@ -252,6 +293,13 @@ def create_app(
 
     async def on_run_error(request: Request, exc: Exception) -> Response:
         return _api_error(exc).response()
+
+    async def on_refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestRefused)
+        return APIError(exc.status, exc.message, param=exc.param, code=exc.code).response()
+
+    async def on_bug(request: Request, exc: Exception) -> Response:
+        return _api_error(exc).response()  # logged with its traceback; the client sees JSON
 
     async def on_disconnect(request: Request, exc: Exception) -> Response:
         return Response(status_code=499)  # nobody is listening any more
@@ -275,18 +323,12 @@ def create_app(
             APIError: on_api_error,
             HTTPException: on_http_error,
             _Disconnected: on_disconnect,
+            RequestRefused: on_refused,
             MoAError: on_run_error,
+            Exception: on_bug,
         },
         lifespan=lifespan,
     )
-
-
-async def _result(upstream: AsyncGenerator[MoAEvent, None]) -> MoAResult:
-    async with contextlib.aclosing(upstream):
-        async for event in upstream:
-            if isinstance(event, Completed):
-                return event.result
-    raise MoAError("the mixture ended without a result")
 
 
 async def _first(upstream: AsyncGenerator[MoAEvent, None]) -> Token | Completed | None:
@@ -306,7 +348,7 @@ def _chunk(header: Mapping[str, Any], choices: list[Any], **extra: Any) -> bytes
         "choices": choices,
         **extra,
     }
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+    return b"data: " + json_bytes(body) + b"\n\n"
 
 
 def _delta(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
@@ -339,7 +381,7 @@ async def _sse(
         if result is None:
             raise MoAError("the mixture ended without a result")
     except Exception as exc:  # the status line is gone: report in the stream
-        yield f"data: {json.dumps(_api_error(exc).body)}\n\n".encode()
+        yield b"data: " + json_bytes(_api_error(exc).body) + b"\n\n"
         return
     finally:
         with contextlib.suppress(Exception):

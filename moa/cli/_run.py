@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from moa._unicode import json_text, scrub
 from moa.cli._common import build, config_option, config_source, stderr
 from moa.errors import MoAError
 
@@ -51,9 +52,9 @@ def run(
             stderr().print(_trace_table(None, layers))
         raise
     if as_json:
-        click.echo(result.model_dump_json(indent=2))
+        click.echo(json_text(result.model_dump(mode="json"), indent=2))
     elif not stream:
-        click.echo(result.content)
+        click.echo(scrub(result.content))
     if trace:
         stderr().print(_trace_table(result, result.layers))
 
@@ -67,7 +68,7 @@ async def _answer(moa: MixtureOfAgents, query: str, *, stream: bool) -> MoAResul
     try:
         async for event in events(moa, query):
             if isinstance(event, Token) and stream and event.text:
-                sys.stdout.write(event.text)
+                sys.stdout.write(scrub(event.text))
                 sys.stdout.flush()
                 printed = True
             elif isinstance(event, Completed):
@@ -84,6 +85,7 @@ async def _answer(moa: MixtureOfAgents, query: str, *, stream: bool) -> MoAResul
 
 def _trace_table(result: MoAResult | None, layers: Sequence[LayerResult]) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="moa trace", title_justify="left")
     for name, justify in [
@@ -99,10 +101,11 @@ def _trace_table(result: MoAResult | None, layers: Sequence[LayerResult]) -> Any
 
     def row(step: str, call: NeuronResult) -> None:
         usage = call.usage
-        status = "ok" if call.ok else f"[red]{call.error_type}: {call.error}[/red]"
+        # model and provider text is shown as is, never read as rich markup ("[/]")
+        status = Text("ok") if call.ok else Text(scrub(f"{call.error_type}: {call.error}"), "red")
         table.add_row(
             step,
-            call.model,
+            Text(scrub(call.model)),
             f"{call.seconds:.2f}",
             str(usage.prompt_tokens) if usage else "-",
             str(usage.completion_tokens) if usage else "-",

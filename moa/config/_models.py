@@ -65,7 +65,8 @@ DEFAULT_AGGREGATION_PROMPT = (
     "RESPONSE WEIGHTS:\n{response_weights}"
 )
 
-_STRICT = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+# allow_inf_nan=False: every number in a config is finite (`timeout: .inf` would wait forever)
+_STRICT = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
 
 _MAX_REFERENCE_TOKENS = (
     "Most tokens of one previous answer this layer sees; longer ones are cut at a token "
