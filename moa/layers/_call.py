@@ -231,11 +231,18 @@ def _neuron_result(
         usage=generation.usage if generation is not None else None,
         cost=generation.cost if generation is not None else None,
         time_to_first_token=first_token - start if first_token is not None else None,
+        queued_seconds=_queued_seconds(generation),
         attempts=state.attempts,
         attempt_errors=tuple(str(e) for e in state.errors),
         fallback=fallback,
         timed_out=timed_out,
     )
+
+
+def _queued_seconds(generation: Generation | None) -> float | None:
+    """What a neuron reported of its wait for a shared model (`extra['queued_seconds']`)."""
+    value = generation.extra.get("queued_seconds") if generation is not None else None
+    return float(value) if isinstance(value, int | float) else None
 
 
 class StreamedCall:
