@@ -23,7 +23,7 @@ from moa.errors import NeuronError
 from moa.errors import TimeoutError as NeuronTimeout
 from moa.neurons.base import Generation, Neuron, NeuronRequest
 from moa.result import NeuronResult
-from moa.retry import Retrying, RetryPolicy
+from moa.retry import Retrying, RetryPolicy, StreamLimits
 
 __all__ = [
     "CallPlan",
@@ -44,13 +44,15 @@ _T = TypeVar("_T")
 @dataclass(frozen=True, slots=True)
 class CallPlan:
     """How one neuron is called, decided once by the mixture: each attempt is bounded by
-    `timeout` seconds (and the neuron finds it in `NeuronRequest.timeout`), retryable
-    failures are retried under `retry`, and when the neuron fails for good its `fallbacks`
-    (each with its own plan, without fallbacks of its own) are tried in order."""
+    `timeout` seconds (and the neuron finds it in `NeuronRequest.timeout`), a started stream
+    also by `stream_limits`, retryable failures are retried under `retry`, and when the
+    neuron fails for good its `fallbacks` (each with its own plan, without fallbacks of its
+    own) are tried in order."""
 
     neuron: Neuron
     timeout: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    stream_limits: StreamLimits = field(default_factory=StreamLimits)
     fallbacks: tuple[CallPlan, ...] = ()
 
     @property
@@ -125,7 +127,10 @@ async def attempts(
         # One span per candidate model, covering all its attempts (see moa.tracing).
         span = scope.call(candidate.neuron, plan.neuron) if scope is not None else tracing.NO_CALL
         retrying = state._current = Retrying(
-            candidate.retry, candidate.timeout, on_error=_traced(stamp, span)
+            candidate.retry,
+            candidate.timeout,
+            on_error=_traced(stamp, span),
+            stream_limits=candidate.stream_limits,
         )
         generation: Generation | None = None
         with span:
@@ -234,11 +239,18 @@ def _neuron_result(
         usage=generation.usage if generation is not None else None,
         cost=generation.cost if generation is not None else None,
         time_to_first_token=first_token - start if first_token is not None else None,
+        queued_seconds=_queued_seconds(generation),
         attempts=state.attempts,
         attempt_errors=tuple(str(e) for e in state.errors),
         fallback=fallback,
         timed_out=timed_out,
     )
+
+
+def _queued_seconds(generation: Generation | None) -> float | None:
+    """What a neuron reported of its wait for a shared model (`extra['queued_seconds']`)."""
+    value = generation.extra.get("queued_seconds") if generation is not None else None
+    return float(value) if isinstance(value, int | float) else None
 
 
 class StreamedCall:
