@@ -306,12 +306,12 @@ class MixtureOfAgents:
 
     def _run(self, query: Query, *, stream: bool) -> AsyncIterator[MoAEvent]:
         """The pipeline, traced when tracing is on (see `moa.tracing`)."""
-        run = tracing.start_run(self, stream=stream)
-        events = self._pipeline(query, stream=stream, run=run)
-        return events if run is tracing.NO_RUN else tracing.traced_run(run, events)
+        traced = tracing.start_run(self, stream=stream)
+        events = self._pipeline(query, stream=stream, traced=traced)
+        return events if traced is tracing.NO_RUN else tracing.traced_run(traced, events)
 
     async def _pipeline(
-        self, query: Query, *, stream: bool, run: tracing.RunTrace
+        self, query: Query, *, stream: bool, traced: tracing.RunTrace
     ) -> AsyncIterator[MoAEvent]:
         """The pipeline, shared by `process()` (stream=False: no per-neuron events, and the
         aggregator answers in one piece) and `stream()`."""
@@ -324,7 +324,7 @@ class MixtureOfAgents:
         annotator_result: NeuronResult | None = None
         annotated: str | None = None
         if self.annotator is not None:
-            with run.layer("annotator", None) as span, span.active():
+            with traced.layer("annotator", None) as span, span.active():
                 annotator_result, annotated = await self.annotator.annotate(history, origin=origin)
             if annotated is not None:
                 history = [*history[:-1], {"role": "user", "content": annotated}]
@@ -337,7 +337,7 @@ class MixtureOfAgents:
             for layer in self.layers:
                 self._check_spend(annotator_result, completed)
                 yield LayerStarted(layer=layer.name, index=layer.index)
-                with run.layer(layer.name, layer.index) as span:
+                with traced.layer(layer.name, layer.index) as span:
                     if stream:
                         finished: asyncio.Queue[NeuronResult | None] = asyncio.Queue()
                         with span.active():  # the task keeps it, whoever resumes this generator
@@ -368,7 +368,7 @@ class MixtureOfAgents:
             rng = (
                 random.Random(self.config.seed) if self.config.seed is not None else random.Random()
             )
-            with run.layer(LAYER_NAME, len(self.layers)) as span:
+            with traced.layer(LAYER_NAME, len(self.layers)) as span:
                 aggregation = await self.aggregation.build_request(
                     history, effective_query, references, rng
                 )
