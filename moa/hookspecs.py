@@ -13,22 +13,28 @@ the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pluggy
 
 if TYPE_CHECKING:
+    from moa.eval.data import EvalItem
+    from moa.eval.scorers import Scorer
     from moa.neurons.base import Neuron
 
 __all__ = [
+    "RegisterDataset",
     "RegisterNeuron",
     "RegisterPreset",
+    "RegisterScorer",
     "hookimpl",
     "hookspec",
+    "register_datasets",
     "register_neurons",
     "register_presets",
+    "register_scorers",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -54,3 +60,23 @@ def register_presets(register: RegisterPreset) -> None:
     """Register presets by calling `register("name", Path("preset.yaml"))` once per preset.
 
     `local` is the preset `moa run` uses with no config and no API key."""
+
+
+RegisterDataset = Callable[[str, "Callable[[], Iterable[EvalItem]]", str], None]
+"""`register(name, loader, description)`: makes `moa eval --dataset name` load `loader()`."""
+
+
+@hookspec
+def register_datasets(register: RegisterDataset) -> None:
+    """Register evaluation datasets by calling `register("name", loader, "what it is")`; the
+    loader is called only when the dataset is used and yields `moa.eval.EvalItem`s."""
+
+
+RegisterScorer = Callable[[str, "Callable[..., Scorer]"], None]
+"""`register(name, factory)`: makes `moa eval --scorer name` use `factory(**options)`."""
+
+
+@hookspec
+def register_scorers(register: RegisterScorer) -> None:
+    """Register scorers by calling `register("name", factory)`; `factory(**options)` returns a
+    `moa.eval.Scorer` (options come from `--scorer name:key=value,...`)."""

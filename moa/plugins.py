@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "moa"
-DEFAULT_PLUGINS: tuple[str, ...] = ("moa.neurons.llm",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("moa.neurons.llm", "moa.neurons.vote", "moa.eval.builtins")
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,8 @@ def _check(pm: pluggy.PluginManager) -> None:
     except pluggy.PluginValidationError as exc:
         raise PluginError(
             f"plugin {exc.plugin!r} implements a hook moa does not define "
-            f"(known hooks: register_neurons, register_presets): {exc}"
+            "(known hooks: register_datasets, register_neurons, register_presets, "
+            f"register_scorers): {exc}"
         ) from exc
 
 
