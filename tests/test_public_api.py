@@ -25,6 +25,7 @@ def test_all_is_sorted_and_complete() -> None:
             "errors",
             "eval",
             "events",
+            "extract",
             "hookspecs",
             "layers",
             "litellm_provider",
