@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from pathlib import Path
 from typing import Any
 
+from moa._runner import to_thread
 from moa._sync import run_sync
 from moa._unicode import lone_surrogate
 from moa.annotator import UserQueryAnnotator
@@ -39,7 +40,7 @@ from moa.layers.layer import Layer, references_from
 from moa.neurons.base import ChatMessage, Neuron, Reference
 from moa.plugins import get_neuron_class
 from moa.result import LayerResult, MoAResult, NeuronResult, Usage, total_cost
-from moa.retry import RetryPolicy
+from moa.retry import RetryPolicy, StreamLimits
 from moa.settings import Settings
 
 __all__ = [
@@ -104,6 +105,9 @@ def normalise_query(query: Query) -> tuple[list[ChatMessage], str]:
     return messages, user_turns[-1]
 
 
+_STREAM = StreamLimits()  # the defaults
+
+
 def _call_plan(
     config: NeuronConfig,
     settings: Settings,
@@ -122,6 +126,10 @@ def _call_plan(
     return CallPlan(
         neuron=neuron,
         timeout=config.timeout or top.timeout or settings.request_timeout,
+        stream_limits=StreamLimits(
+            idle=config.stream_idle_timeout or top.stream_idle_timeout or _STREAM.idle,
+            total=config.stream_timeout or top.stream_timeout or _STREAM.total,
+        ),
         retry=RetryPolicy(
             max_retries=retries if retries is not None else settings.max_retries,
             backoff_base=retry.backoff_base,
@@ -224,7 +232,7 @@ class MixtureOfAgents:
         # (asyncio.run twice, process_sync). Neuron.prepare() must be idempotent.
         if not self._prepared:
             await asyncio.gather(*(n.prepare() for n in self._with_fallbacks()))
-            await asyncio.to_thread(self._warn_about_context_window)
+            await to_thread(self._warn_about_context_window)
             self._prepared = True
 
     def check_context_window(self) -> str | None:
@@ -369,7 +377,10 @@ class MixtureOfAgents:
             raise
 
     def process_sync(self, query: Query) -> MoAResult:
-        """`process()` for scripts and notebooks; works whether or not a loop is running."""
+        """`process()` for scripts and notebooks; works whether or not a loop is running.
+
+        Ctrl-C cancels the run and raises `KeyboardInterrupt` at once, even while a worker
+        thread is still importing litellm or loading a tokenizer (it is abandoned)."""
         return run_sync(lambda: self.process(query))
 
     async def aclose(self) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from moa._runner import run
 from moa.cli._common import build, config_option, config_source, fail, stderr
 
 if TYPE_CHECKING:
@@ -79,9 +79,10 @@ def batch(
             await moa.aclose()
 
     try:
-        summary = asyncio.run(go())
-    except KeyboardInterrupt:
-        fail(f"interrupted; rerun the same command to resume ({output} keeps what was done)", 130)
+        summary = run(go(), sigterm=True)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (moa._runner.Terminated)
+        message = f"interrupted; rerun the same command to resume ({output} keeps what was done)"
+        fail(message, getattr(exc, "exit_code", 130))
     finally:
         if progress is not None:
             progress.stop()
