@@ -2,20 +2,18 @@
 provider's `completion` and `streaming`).
 
 Without a running event loop in the caller's thread, the coroutine runs on a new loop right
-there (`moa._runner.run`: Ctrl-C cancels it at once, without waiting for worker threads).
-With one (a notebook, an async framework calling sync code), it runs on its own loop in a
-daemon worker thread.
+there (`moa._runner.run`: Ctrl-C cancels it at once). With one (a notebook, an async
+framework calling sync code), it runs on its own loop in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import queue
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from moa._runner import run
+from moa._runner import executor, run
 
 __all__ = ["iterate_sync", "run_sync"]
 
@@ -34,15 +32,7 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """The result of the coroutine `make()` makes, whether or not a loop is running here."""
     if not _loop_running():
         return run(make())
-    result: list[_T] = []
-
-    async def collect() -> AsyncIterator[None]:
-        result.append(await make())
-        yield None
-
-    for _ in iterate_sync(collect):
-        pass
-    return result[0]
+    return executor().submit(run, make()).result()
 
 
 def iterate_sync(make: Callable[[], AsyncIterator[_T]]) -> Iterator[_T]:
@@ -59,7 +49,7 @@ def iterate_sync(make: Callable[[], AsyncIterator[_T]]) -> Iterator[_T]:
         else:
             inbox.put(("done", None))
 
-    threading.Thread(target=run, args=(pump(),), daemon=True).start()
+    executor().submit(run, pump())
     while True:
         kind, value = inbox.get()
         if kind == "error":
