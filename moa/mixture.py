@@ -8,7 +8,6 @@ is never mutated and no per-request state is kept on the mixture or its neurons.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import random
@@ -19,6 +18,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from pathlib import Path
 from typing import Any
 
+from moa import tracing
+from moa._runner import executor, run, to_thread
 from moa._unicode import lone_surrogate
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
@@ -41,7 +42,7 @@ from moa.layers.layer import Layer, references_from
 from moa.neurons.base import ChatMessage, Neuron, Reference
 from moa.plugins import get_neuron_class
 from moa.result import LayerResult, MoAResult, NeuronResult, Usage, total_cost
-from moa.retry import RetryPolicy
+from moa.retry import RetryPolicy, StreamLimits
 from moa.settings import Settings
 
 __all__ = [
@@ -106,6 +107,9 @@ def normalise_query(query: Query) -> tuple[list[ChatMessage], str]:
     return messages, user_turns[-1]
 
 
+_STREAM = StreamLimits()  # the defaults
+
+
 def _call_plan(
     config: NeuronConfig,
     settings: Settings,
@@ -124,6 +128,10 @@ def _call_plan(
     return CallPlan(
         neuron=neuron,
         timeout=config.timeout or top.timeout or settings.request_timeout,
+        stream_limits=StreamLimits(
+            idle=config.stream_idle_timeout or top.stream_idle_timeout or _STREAM.idle,
+            total=config.stream_timeout or top.stream_timeout or _STREAM.total,
+        ),
         retry=RetryPolicy(
             max_retries=retries if retries is not None else settings.max_retries,
             backoff_base=retry.backoff_base,
@@ -146,6 +154,7 @@ class MixtureOfAgents:
     def __init__(self, config: MoAConfig, *, settings: Settings | None = None) -> None:
         self.config = config
         self.settings = settings if settings is not None else Settings()
+        self.name = "moa"  # gen_ai.agent.name of its runs' root spans (see moa.tracing)
         self.annotator: UserQueryAnnotator | None = None
         if config.use_annotator and config.annotator is not None:
             self.annotator = UserQueryAnnotator(
@@ -230,7 +239,7 @@ class MixtureOfAgents:
         if not self._prepared:
             await asyncio.gather(*(n.prepare() for n in self._with_fallbacks()))
             if not self._context_checked:
-                await asyncio.to_thread(self._warn_about_context_window)
+                await to_thread(self._warn_about_context_window)
             self._prepared = True
 
     def check_context_window(self) -> str | None:
@@ -299,7 +308,15 @@ class MixtureOfAgents:
             if isinstance(event, Token):
                 yield event.text
 
-    async def _run(self, query: Query, *, stream: bool) -> AsyncIterator[MoAEvent]:
+    def _run(self, query: Query, *, stream: bool) -> AsyncIterator[MoAEvent]:
+        """The pipeline, traced when tracing is on (see `moa.tracing`)."""
+        traced = tracing.start_run(self, stream=stream)
+        events = self._pipeline(query, stream=stream, traced=traced)
+        return events if traced is tracing.NO_RUN else tracing.traced_run(traced, events)
+
+    async def _pipeline(
+        self, query: Query, *, stream: bool, traced: tracing.RunTrace
+    ) -> AsyncIterator[MoAEvent]:
         """The pipeline, shared by `process()` (stream=False: no per-neuron events, and the
         aggregator answers in one piece) and `stream()`."""
         origin = time.perf_counter()
@@ -311,7 +328,8 @@ class MixtureOfAgents:
         annotator_result: NeuronResult | None = None
         annotated: str | None = None
         if self.annotator is not None:
-            annotator_result, annotated = await self.annotator.annotate(history, origin=origin)
+            with traced.layer("annotator", None) as span, span.active():
+                annotator_result, annotated = await self.annotator.annotate(history, origin=origin)
             if annotated is not None:
                 history = [*history[:-1], {"role": "user", "content": annotated}]
             yield AnnotatorFinished(neuron=annotator_result, annotated_query=annotated)
@@ -321,44 +339,54 @@ class MixtureOfAgents:
         references: tuple[Reference, ...] = ()
         for layer in self.layers:
             yield LayerStarted(layer=layer.name, index=layer.index)
-            if stream:
-                finished: asyncio.Queue[NeuronResult | None] = asyncio.Queue()
-                task = asyncio.ensure_future(
-                    layer.run(
-                        history, references, origin=origin, semaphore=semaphore,
-                        completed=completed, on_result=finished.put_nowait,
-                    )
-                )  # fmt: skip
-                task.add_done_callback(_closer(finished))
-                try:
-                    while (neuron := await finished.get()) is not None:
-                        yield NeuronFinished(neuron=neuron)
-                    result = task.result()
-                finally:
-                    await _cancel(task)
-            else:
-                result = await layer.run(
-                    history, references, origin=origin, semaphore=semaphore, completed=completed
-                )
+            with traced.layer(layer.name, layer.index) as span:
+                if stream:
+                    finished: asyncio.Queue[NeuronResult | None] = asyncio.Queue()
+                    with span.active():  # the task keeps it, whoever resumes this generator
+                        task = asyncio.ensure_future(
+                            layer.run(
+                                history, references, origin=origin, semaphore=semaphore,
+                                completed=completed, on_result=finished.put_nowait,
+                            )
+                        )  # fmt: skip
+                    task.add_done_callback(_closer(finished))
+                    try:
+                        while (neuron := await finished.get()) is not None:
+                            yield NeuronFinished(neuron=neuron)
+                        result = task.result()
+                    finally:
+                        await _cancel(task)
+                else:
+                    with span.active():
+                        result = await layer.run(
+                            history, references, origin=origin, semaphore=semaphore,
+                            completed=completed,
+                        )  # fmt: skip
+                span.proposals(result)
             completed.append(result)
             references = references_from(result)
             yield LayerFinished(layer=result)
 
         rng = random.Random(self.config.seed) if self.config.seed is not None else random.Random()
-        aggregation = await self.aggregation.prepare(history, effective_query, references, rng)
-        yield AggregationStarted()
-        if stream:
-            aggregator: NeuronResult | None = None
-            async for piece in self.aggregation.stream(
-                aggregation, origin=origin, completed=completed
-            ):
-                if isinstance(piece, str):
-                    yield Token(text=piece)
-                else:
-                    aggregator = piece
-            assert aggregator is not None
-        else:
-            aggregator = await self.aggregation.run(aggregation, origin=origin, completed=completed)
+        with traced.layer(LAYER_NAME, len(self.layers)) as span:
+            aggregation = await self.aggregation.prepare(history, effective_query, references, rng)
+            span.aggregation(aggregation, references)
+            yield AggregationStarted()
+            if stream:
+                aggregator: NeuronResult | None = None
+                async for piece in span.iterate(
+                    self.aggregation.stream(aggregation, origin=origin, completed=completed)
+                ):
+                    if isinstance(piece, str):
+                        yield Token(text=piece)
+                    else:
+                        aggregator = piece
+                assert aggregator is not None
+            else:
+                with span.active():
+                    aggregator = await self.aggregation.run(
+                        aggregation, origin=origin, completed=completed
+                    )
         calls = [*([annotator_result] if annotator_result else [])]
         for layer_result in completed:
             calls.extend(layer_result.neurons)
@@ -383,13 +411,15 @@ class MixtureOfAgents:
         )
 
     def process_sync(self, query: Query) -> MoAResult:
-        """`process()` for scripts and notebooks; works whether or not a loop is running."""
+        """`process()` for scripts and notebooks; works whether or not a loop is running.
+
+        Ctrl-C cancels the run and raises `KeyboardInterrupt` at once, even while a worker
+        thread is still importing litellm or loading a tokenizer (it is abandoned)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.process(query))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self.process(query)).result()
+            return run(self.process(query))
+        return executor().submit(run, self.process(query)).result()
 
     async def aclose(self) -> None:
         """Release every neuron's resources."""

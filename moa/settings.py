@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,25 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MOA_MAX_RETRIES", "max_retries"),
         description="Default number of retries of a retryable failure.",
     )
+    tracing: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        validation_alias=AliasChoices("MOA_TRACING", "tracing"),
+        description="OpenTelemetry spans: auto (when opentelemetry-api is installed), on "
+        "(and fail if it is not), off (nothing imported, nothing recorded).",
+    )
+    trace_content: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("MOA_TRACE_CONTENT", "trace_content"),
+        description="Record prompt and answer text as span events (they may be private).",
+    )
+
+    def model_post_init(self, context: object, /) -> None:
+        from moa._redact import remember, remember_environment
+
+        # masked in upstream text from now on, whichever call echoes them
+        remember_environment()
+        if self.provider_api_key is not None:
+            remember(self.provider_api_key.get_secret_value())
 
     def secret(self, name: str) -> str | None:
         """Value of the variable `name` from the environment, `.env.local` or `.env`, else None.

@@ -23,7 +23,9 @@ def test_all_is_sorted_and_complete() -> None:
             "cli",
             "config",
             "errors",
+            "eval",
             "events",
+            "extract",
             "hookspecs",
             "layers",
             "litellm_provider",
@@ -31,11 +33,13 @@ def test_all_is_sorted_and_complete() -> None:
             "neurons",
             "plugins",
             "presets",
+            "report",
             "result",
             "retry",
             "server",
             "settings",
             "testing",
+            "tracing",
             "validation",
         }
     )

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
@@ -36,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from moa import tracing
 from moa._unicode import json_bytes, lone_surrogate
 from moa.adapters._server_limits import (
     RequestRefused,
@@ -147,9 +149,12 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
     return messages
 
 
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (and every call it made) if the client disconnects."""
-    task = asyncio.ensure_future(work)
+async def _until_disconnect(
+    request: Request, work: Coroutine[Any, Any, T], context: contextvars.Context | None = None
+) -> T:
+    """Await `work` (in `context`, if given), cancelling it (and every call it made) if the
+    client disconnects."""
+    task = asyncio.get_running_loop().create_task(work, context=context)
 
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -191,6 +196,9 @@ def create_app(
     `limits` bounds request bodies (the connection-level limits are uvicorn's: run it with
     `uvicorn_options(limits)`).
     """
+    from moa._redact import remember
+
+    remember(api_key)  # never echoed back, whatever an upstream quotes
     served = dict(mixtures)
     limits = limits or ServerLimits()
     started = int(time.time())
@@ -247,8 +255,10 @@ def create_app(
             "model": name,
             "system_fingerprint": None,
         }
+        # a W3C traceparent sent by the client is the parent of the run's spans
+        parent = tracing.continuing(request.headers, served[name].settings)
         if not stream:  # process(): the aggregator is not streamed, and retries apply
-            result = await _until_disconnect(request, served[name].process(messages))
+            result = await _until_disconnect(request, served[name].process(messages), parent)
             return _JSON(
                 {
                     "id": header["id"],
@@ -274,7 +284,7 @@ def create_app(
         # Wait for the first piece of the answer before sending headers, so that a run that
         # fails early still gets a proper HTTP status.
         upstream = events(served[name], messages)
-        first = await _until_disconnect(request, _first(upstream))
+        first = await _until_disconnect(request, _first(upstream), parent)
         include_usage = bool(options.get("include_usage"))
         return StreamingResponse(
             _sse(upstream, first, header, include_usage),

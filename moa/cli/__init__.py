@@ -9,12 +9,15 @@
     moa serve -c config.yaml --port 8000
 
 Exit codes: 0 success, 1 the run failed (every neuron of a layer, or the aggregator), 2 a
-usage or config error. Expected errors print one message, never a traceback. Answers go to
-stdout; traces, progress and messages to stderr.
+usage or config error, 130 interrupted by Ctrl-C, 143 by SIGTERM (`run` and `batch`).
+Expected errors print one message, never a traceback. Answers go to stdout; traces, progress
+and messages to stderr.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 
 import click
@@ -31,14 +34,46 @@ __all__ = ["cli", "main"]
 
 @click.group(cls=Group)
 @click.version_option(package_name="moa-llm", prog_name="moa")
-def cli() -> None:
-    """Mixture of Agents over LLMs: run, validate and serve mixtures."""
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Mixture of Agents over LLMs: run, validate and serve mixtures.
+
+    Spans go to an OpenTelemetry collector when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    (pip install 'moa-llm[otel]').
+    """
+    from moa.tracing.setup import export_from_environment
+
+    try:
+        shutdown = export_from_environment()
+    except ModuleNotFoundError as exc:
+        click.echo(
+            f"moa: OTEL_EXPORTER_OTLP_ENDPOINT is set but {exc.name} is missing, so no spans "
+            "are sent: pip install 'moa-llm[otel]'",
+            err=True,
+        )
+        return
+    if shutdown is not None:
+        ctx.call_on_close(shutdown)
 
 
 for _command in (run, validate, schema, plugins, batch, eval_command, serve):
     cli.add_command(_command)
 
 
+INTERRUPTED = frozenset({130, 143})  # Ctrl-C, SIGTERM
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point."""
-    cli.main(args=list(argv) if argv is not None else None, prog_name="moa")
+    """Console-script entry point.
+
+    An interrupted command exits at once: its work is cancelled and its output written by
+    then, so tearing down the interpreter (seconds with litellm loaded, on a busy machine)
+    and any worker thread still busy are skipped."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="moa")
+    except SystemExit as exc:
+        if exc.code in INTERRUPTED:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code)
+        raise

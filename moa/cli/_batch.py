@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from moa._runner import run
 from moa.cli._common import build, config_option, config_source, fail, stderr
 
 if TYPE_CHECKING:
@@ -33,6 +33,12 @@ __all__ = ["batch"]
 )  # fmt: skip
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--no-fsync", is_flag=True, help="Do not fsync each line (faster, less durable).")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write an HTML report of OUTPUT (latency and cost distributions, failures by kind, "
+    "the slowest queries) to this file.",
+)
 def batch(
     input_path: Path,
     output: Path,
@@ -40,6 +46,7 @@ def batch(
     concurrency: int,
     no_progress: bool,
     no_fsync: bool,
+    report: Path | None,
 ) -> None:
     """Run every query of INPUT (JSON Lines) and append one result line per query to OUTPUT.
 
@@ -79,9 +86,10 @@ def batch(
             await moa.aclose()
 
     try:
-        summary = asyncio.run(go())
-    except KeyboardInterrupt:
-        fail(f"interrupted; rerun the same command to resume ({output} keeps what was done)", 130)
+        summary = run(go(), sigterm=True)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (moa._runner.Terminated)
+        message = f"interrupted; rerun the same command to resume ({output} keeps what was done)"
+        fail(message, getattr(exc, "exit_code", 130))
     finally:
         if progress is not None:
             progress.stop()
@@ -93,6 +101,11 @@ def batch(
         else ""
     )
     console.print(f"batch: {summary.done} run{note}{skipped}{unreadable}")
+    if report is not None:
+        from moa.report import write_batch_report
+
+        write_batch_report(output, report)
+        console.print(f"batch: report of every query in {output} written to {report}")
     if summary.errors:
         raise click.exceptions.Exit(1)
 

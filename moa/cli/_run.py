@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from moa._runner import run as run_until_signal
 from moa._unicode import json_text, scrub
 from moa.cli._common import build, config_option, config_source, stderr
 from moa.errors import MoAError
@@ -27,8 +27,18 @@ __all__ = ["run"]
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("--trace", is_flag=True, help="Show each call: seconds, tokens, cost, errors.")
 @click.option("--no-stream", is_flag=True, help="Print the answer only when it is complete.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write an HTML report of the run (timeline, tokens, cost, every answer) to this file.",
+)
 def run(
-    query: str | None, config: Path | None, as_json: bool, trace: bool, no_stream: bool
+    query: str | None,
+    config: Path | None,
+    as_json: bool,
+    trace: bool,
+    no_stream: bool,
+    report: Path | None,
 ) -> None:
     """Answer QUERY with a mixture (reads the query from stdin when QUERY is omitted).
 
@@ -45,11 +55,16 @@ def run(
     moa = build(config_source(config))
     stream = not (as_json or no_stream)
     try:
-        result = asyncio.run(_answer(moa, query.strip(), stream=stream))
+        result = run_until_signal(_answer(moa, query.strip(), stream=stream), sigterm=True)
     except MoAError as exc:
         layers = getattr(exc, "layers", None)
         if trace and layers:
             stderr().print(_trace_table(None, layers))
+        if report is not None:
+            from moa.report import render_error_report
+
+            report.write_text(render_error_report(exc, query.strip()), encoding="utf-8")
+            click.echo(f"moa: report of the failed run written to {report}", err=True)
         raise
     if as_json:
         click.echo(json_text(result.model_dump(mode="json"), indent=2))
@@ -57,6 +72,11 @@ def run(
         click.echo(scrub(result.content))
     if trace:
         stderr().print(_trace_table(result, result.layers))
+    if report is not None:
+        from moa.report import write_report
+
+        write_report(result, report)
+        click.echo(f"moa: report written to {report}", err=True)
 
 
 async def _answer(moa: MixtureOfAgents, query: str, *, stream: bool) -> MoAResult:

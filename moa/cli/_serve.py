@@ -100,6 +100,8 @@ def serve(
     if not sources:
         sources["moa"] = config_source(None)
     mixtures = {name: build(source) for name, source in sources.items()}
+    for name, mixture in mixtures.items():
+        mixture.name = name  # gen_ai.agent.name of its spans
     api_key = os.environ.get("MOA_SERVER_API_KEY") or None
     limits = ServerLimits(
         max_body_bytes=max_body_size,

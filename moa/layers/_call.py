@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+from moa import tracing
 from moa.errors import NeuronError
 from moa.errors import TimeoutError as NeuronTimeout
 from moa.neurons.base import Generation, Neuron, NeuronRequest
 from moa.result import NeuronResult
-from moa.retry import Retrying, RetryPolicy
+from moa.retry import Retrying, RetryPolicy, StreamLimits
 
 __all__ = [
     "CallPlan",
@@ -43,13 +44,15 @@ _T = TypeVar("_T")
 @dataclass(frozen=True, slots=True)
 class CallPlan:
     """How one neuron is called, decided once by the mixture: each attempt is bounded by
-    `timeout` seconds (and the neuron finds it in `NeuronRequest.timeout`), retryable
-    failures are retried under `retry`, and when the neuron fails for good its `fallbacks`
-    (each with its own plan, without fallbacks of its own) are tried in order."""
+    `timeout` seconds (and the neuron finds it in `NeuronRequest.timeout`), a started stream
+    also by `stream_limits`, retryable failures are retried under `retry`, and when the
+    neuron fails for good its `fallbacks` (each with its own plan, without fallbacks of its
+    own) are tried in order."""
 
     neuron: Neuron
     timeout: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    stream_limits: StreamLimits = field(default_factory=StreamLimits)
     fallbacks: tuple[CallPlan, ...] = ()
 
     @property
@@ -122,33 +125,44 @@ async def attempts(
     """
     failure: NeuronError | None = None
     delivered = False
+    scope = tracing.current()  # the layer being traced, if tracing is on
     for candidate in plan.candidates:
         ask = request(candidate.neuron) if callable(request) else request
         ask = dataclasses.replace(ask, timeout=candidate.timeout)
         stamp = partial(_stamp, neuron=candidate.neuron, layer=layer, index=index)
+        # One span per candidate model, covering all its attempts (see moa.tracing).
+        span = scope.call(candidate.neuron, plan.neuron) if scope is not None else tracing.NO_CALL
         retrying = state._current = Retrying(
-            candidate.retry, candidate.timeout, on_error=stamp, secrets=_secrets(candidate.neuron)
+            candidate.retry,
+            candidate.timeout,
+            on_error=_traced(stamp, span),
+            stream_limits=candidate.stream_limits,
+            secrets=_secrets(candidate.neuron),
         )
         generation: Generation | None = None
-        try:
-            async for piece in retrying.stream(partial(attempt, candidate, ask, stream=stream)):
-                if isinstance(piece, Generation):
-                    generation = piece
-                    continue
-                delivered = True
-                yield piece
-            if generation is None:
-                raise TypeError(f"{candidate.neuron!r}.stream() ended without a Generation")
-        except NeuronError as exc:
-            stamp(exc)
-            failure = exc
-            if delivered:
-                raise  # text was delivered: no fallback may continue it
-            continue
-        finally:
-            state.errors.extend(retrying.errors)
-            state._done_attempts += retrying.attempts
-            state._current = None
+        with span:
+            span.request(ask)
+            try:
+                async for piece in retrying.stream(partial(attempt, candidate, ask, stream=stream)):
+                    if isinstance(piece, Generation):
+                        generation = piece
+                        continue
+                    delivered = True
+                    yield piece
+                if generation is None:
+                    raise TypeError(f"{candidate.neuron!r}.stream() ended without a Generation")
+            except NeuronError as exc:
+                stamp(exc)
+                span.gave_up(exc, retrying.attempts)
+                failure = exc
+                if delivered:
+                    raise  # text was delivered: no fallback may continue it
+                continue
+            finally:
+                state.errors.extend(retrying.errors)
+                state._done_attempts += retrying.attempts
+                state._current = None
+            span.answered(generation, retrying.attempts)
         state.answered_by = candidate.neuron
         yield generation
         return
@@ -232,11 +246,18 @@ def _neuron_result(
         usage=generation.usage if generation is not None else None,
         cost=generation.cost if generation is not None else None,
         time_to_first_token=first_token - start if first_token is not None else None,
+        queued_seconds=_queued_seconds(generation),
         attempts=state.attempts,
         attempt_errors=tuple(str(e) for e in state.errors),
         fallback=fallback,
         timed_out=timed_out,
     )
+
+
+def _queued_seconds(generation: Generation | None) -> float | None:
+    """What a neuron reported of its wait for a shared model (`extra['queued_seconds']`)."""
+    value = generation.extra.get("queued_seconds") if generation is not None else None
+    return float(value) if isinstance(value, int | float) else None
 
 
 class StreamedCall:
@@ -290,6 +311,24 @@ class StreamedCall:
             start=start, end=time.perf_counter(), generation=self.generation,
             failure=self.failure, first_token=first,
         )  # fmt: skip
+
+
+def _traced(
+    stamp: Callable[[NeuronError], None], span: tracing.CallTrace
+) -> Callable[[NeuronError], None]:
+    """What `Retrying` does with each failed attempt: stamp it, then (when traced) record
+    it on the model's span."""
+    if span is tracing.NO_CALL:
+        return stamp
+    failed = 0
+
+    def on_error(error: NeuronError) -> None:
+        nonlocal failed
+        failed += 1
+        stamp(error)
+        span.attempt_failed(error, failed)
+
+    return on_error
 
 
 def _stamp(error: NeuronError, *, neuron: Neuron, layer: str, index: int) -> None:
