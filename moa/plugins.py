@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "moa"
-DEFAULT_PLUGINS: tuple[str, ...] = ("moa.neurons.llm",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("moa.neurons.llm", "moa.neurons.vote", "moa.eval.builtins")
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def _check(pm: pluggy.PluginManager) -> None:
     except pluggy.PluginValidationError as exc:
         raise PluginError(
             f"plugin {exc.plugin!r} implements a hook moa does not define "
-            f"(known hooks: register_neurons): {exc}"
+            f"(known hooks: register_datasets, register_neurons, register_scorers): {exc}"
         ) from exc
 
 

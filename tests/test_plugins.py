@@ -45,7 +45,9 @@ def test_builtin_llm_is_registered_like_a_plugin() -> None:
     assert get_neuron_class("llm") is LLMNeuron
     builtin = [info for info in plugin_infos() if info.builtin]
     assert [(i.name, i.distribution, i.neuron_types) for i in builtin] == [
-        ("moa.neurons.llm", "moa-llm", ("llm",))
+        ("moa.eval.builtins", "moa-llm", ()),  # scorers and datasets of `moa eval`
+        ("moa.neurons.llm", "moa-llm", ("llm",)),
+        ("moa.neurons.vote", "moa-llm", ("vote",)),
     ]
 
 
@@ -89,8 +91,8 @@ def test_allowlist_can_exclude_installed_plugins(
 ) -> None:
     monkeypatch.setenv("MOA_LOAD_PLUGINS", "")
     reload_plugins()
-    assert set(neuron_types()) == {"llm"}
-    with pytest.raises(ConfigError, match="unknown neuron type 'echo'; installed types: llm"):
+    assert set(neuron_types()) == {"llm", "vote"}  # built-ins always load
+    with pytest.raises(ConfigError, match="unknown neuron type 'echo'; installed types: llm, vote"):
         load_config(
             {
                 "proposal_layers": [{"neurons": [{"type": "echo"}]}],
@@ -99,7 +101,7 @@ def test_allowlist_can_exclude_installed_plugins(
         )
     monkeypatch.setenv("MOA_LOAD_PLUGINS", "moa-echo")
     reload_plugins()
-    assert set(neuron_types()) == {"llm", "echo"}
+    assert set(neuron_types()) == {"llm", "vote", "echo"}
 
 
 class Upper(Neuron):

@@ -5,6 +5,7 @@
     moa schema
     moa plugins
     moa batch in.jsonl -o out.jsonl -c config.yaml --concurrency 8
+    moa eval data.jsonl -c config.yaml --scorer number [--json] [--report eval.html]
     moa serve -c config.yaml --port 8000
 
 Exit codes: 0 success, 1 the run failed (every neuron of a layer, or the aggregator), 2 a
@@ -20,6 +21,7 @@ import click
 
 from moa.cli._batch import batch
 from moa.cli._common import Group
+from moa.cli._eval import eval_command
 from moa.cli._inspect import plugins, schema, validate
 from moa.cli._run import run
 from moa.cli._serve import serve
@@ -33,7 +35,7 @@ def cli() -> None:
     """Mixture of Agents over LLMs: run, validate and serve mixtures."""
 
 
-for _command in (run, validate, schema, plugins, batch, serve):
+for _command in (run, validate, schema, plugins, batch, eval_command, serve):
     cli.add_command(_command)
 
 

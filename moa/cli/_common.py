@@ -41,10 +41,11 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from moa.adapters._wire import describe_error
         from moa.adapters.batch import BatchInputError
+        from moa.eval.data import EvalDataError
 
         try:
             return super().invoke(ctx)
-        except (*USAGE_ERRORS, BatchInputError) as exc:
+        except (*USAGE_ERRORS, BatchInputError, EvalDataError) as exc:
             fail(str(exc), 2)
         except MoAError as exc:
             fail(describe_error(exc), 1)
