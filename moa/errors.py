@@ -30,7 +30,8 @@ environment. `NeuronError` and its subclasses are failures at run time; a failed
 recorded in the result's trace, and only `AllNeuronsFailed` / `AggregationFailed` reach the
 caller of `MixtureOfAgents.process()`.
 
-No message built here contains an API key: callers pass provider text through `redact()`.
+No message built here contains an API key: provider text is masked (`redact()`) where it
+becomes moa text, before it is cut to length.
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ __all__ = [
 ]
 
 
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """Return `text` with every non-empty secret replaced by `***`."""
-    for secret in secrets:
-        if secret and len(secret) >= 4 and secret in text:
-            text = text.replace(secret, "***")
-    return text
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Return `text` with `secrets`, and every secret moa knows of (the keys it resolved, the
+    environment's `*_KEY` / `*_TOKEN` / `*_SECRET` / `*_PASSWORD` values), replaced by `***`.
+    Values shorter than 8 characters are not treated as secrets."""
+    from moa._redact import redact as _redact
+
+    return _redact(text, secrets)
 
 
 class MoAError(Exception):

@@ -8,7 +8,6 @@ is never mutated and no per-request state is kept on the mixture or its neurons.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import random
@@ -19,6 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from pathlib import Path
 from typing import Any
 
+from moa._runner import executor, run, to_thread
 from moa._unicode import lone_surrogate
 from moa.annotator import UserQueryAnnotator
 from moa.config import MoAConfig, NeuronConfig, load_config
@@ -41,7 +41,7 @@ from moa.layers.layer import Layer, references_from
 from moa.neurons.base import ChatMessage, Neuron, Reference
 from moa.plugins import get_neuron_class
 from moa.result import LayerResult, MoAResult, NeuronResult, Usage, total_cost
-from moa.retry import RetryPolicy
+from moa.retry import RetryPolicy, StreamLimits
 from moa.settings import Settings
 
 __all__ = [
@@ -106,6 +106,9 @@ def normalise_query(query: Query) -> tuple[list[ChatMessage], str]:
     return messages, user_turns[-1]
 
 
+_STREAM = StreamLimits()  # the defaults
+
+
 def _call_plan(
     config: NeuronConfig,
     settings: Settings,
@@ -125,6 +128,10 @@ def _call_plan(
     return CallPlan(
         neuron=neuron,
         timeout=config.timeout or top.timeout or settings.request_timeout,
+        stream_limits=StreamLimits(
+            idle=config.stream_idle_timeout or top.stream_idle_timeout or _STREAM.idle,
+            total=config.stream_timeout or top.stream_timeout or _STREAM.total,
+        ),
         retry=RetryPolicy(
             max_retries=retries if retries is not None else settings.max_retries,
             backoff_base=retry.backoff_base,
@@ -231,7 +238,7 @@ class MixtureOfAgents:
         if not self._prepared:
             await asyncio.gather(*(n.prepare() for n in self._with_fallbacks()))
             if not self._context_checked:
-                await asyncio.to_thread(self._warn_about_context_window)
+                await to_thread(self._warn_about_context_window)
             self._prepared = True
 
     def check_context_window(self) -> str | None:
@@ -402,13 +409,15 @@ class MixtureOfAgents:
         )
 
     def process_sync(self, query: Query) -> MoAResult:
-        """`process()` for scripts and notebooks; works whether or not a loop is running."""
+        """`process()` for scripts and notebooks; works whether or not a loop is running.
+
+        Ctrl-C cancels the run and raises `KeyboardInterrupt` at once, even while a worker
+        thread is still importing litellm or loading a tokenizer (it is abandoned)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.process(query))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self.process(query)).result()
+            return run(self.process(query))
+        return executor().submit(run, self.process(query)).result()
 
     async def aclose(self) -> None:
         """Release every neuron's resources."""

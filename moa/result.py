@@ -86,7 +86,8 @@ class NeuronResult(BaseModel):
     `attempts` counts the requests made (retries and fallbacks included), `attempt_errors`
     gives the reason of each failed one, oldest first, and `fallback` names the fallback that
     answered (None when the neuron's own model did). `timed_out` marks a straggler that the
-    layer's deadline cut off.
+    layer's deadline cut off. `queued_seconds`, when the neuron type reports it (local models
+    shared by several neurons), is the part of `seconds` spent waiting for the model.
     """
 
     model_config = _FROZEN
@@ -107,6 +108,11 @@ class NeuronResult(BaseModel):
     cost: float | None = Field(default=None, description="USD; None when the price is unknown.")
     time_to_first_token: float | None = Field(
         default=None, description="Seconds from the call's start to its first streamed text."
+    )
+    queued_seconds: float | None = Field(
+        default=None,
+        description="Seconds of `seconds` spent waiting for a shared model before generating "
+        "(from the neuron's Generation.extra['queued_seconds']; None when not reported).",
     )
     attempts: int = 1
     attempt_errors: tuple[str, ...] = ()

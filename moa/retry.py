@@ -17,7 +17,9 @@ over instead of waiting.
 
 `Retrying` runs attempts under a policy and counts them. It serves plain calls (`run`) and
 streams (`stream`): a stream is retried only until it has produced its first item, never
-after.
+after. A started stream is bounded too (`StreamLimits`): by the wait for each next item
+(idle) and by the whole attempt (total), so an upstream that keeps a connection alive
+without sending content cannot hold a call open.
 """
 
 from __future__ import annotations
@@ -39,7 +41,14 @@ from moa.errors import (
 )
 from moa.errors import TimeoutError as NeuronTimeout
 
-__all__ = ["NEVER_RETRIED_STATUS", "RETRYABLE_STATUS", "RetryPolicy", "Retrying", "is_retryable"]
+__all__ = [
+    "NEVER_RETRIED_STATUS",
+    "RETRYABLE_STATUS",
+    "RetryPolicy",
+    "Retrying",
+    "StreamLimits",
+    "is_retryable",
+]
 
 logger = logging.getLogger("moa")
 
@@ -95,6 +104,15 @@ class RetryPolicy:
         return backoff * (1.0 - self.jitter * rand())
 
 
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """How long a streamed attempt may take once started: `idle` seconds at most between one
+    item (a content delta) and the next, `total` seconds at most for the whole attempt."""
+
+    idle: float = 60.0
+    total: float = 600.0
+
+
 class Retrying:
     """Runs the attempts of one call under `policy`, each bounded by `timeout` seconds.
 
@@ -103,7 +121,7 @@ class Retrying:
     cancelled and counts as a `moa.errors.TimeoutError`. `on_error` sees each failure first.
     """
 
-    __slots__ = ("attempts", "errors", "on_error", "policy", "timeout")
+    __slots__ = ("attempts", "errors", "on_error", "policy", "stream_limits", "timeout")
 
     def __init__(
         self,
@@ -111,9 +129,11 @@ class Retrying:
         timeout: float | None = None,
         *,
         on_error: Callable[[NeuronError], None] | None = None,
+        stream_limits: StreamLimits | None = None,
     ) -> None:
         self.policy = policy
         self.timeout = timeout
+        self.stream_limits = stream_limits if stream_limits is not None else StreamLimits()
         self.on_error = on_error  # e.g. to stamp the neuron's path on an error before it is logged
         self.attempts = 0
         self.errors: list[NeuronError] = []
@@ -130,14 +150,19 @@ class Retrying:
     async def stream(self, open_stream: Callable[[], AsyncIterator[_T]]) -> AsyncIterator[_T]:
         """Yield the items of `open_stream()`, retrying only until the first item arrives.
 
-        The timeout bounds the wait for the first item. Once an item has been yielded, a
-        failure propagates untouched: a partly delivered answer is never silently restarted.
+        The timeout bounds the wait for the first item, `stream_limits.idle` the wait for each
+        next one and `stream_limits.total` the whole attempt (a `moa.errors.TimeoutError` when
+        one runs out). Once an item has been yielded, a failure propagates untouched: a partly
+        delivered answer is never silently restarted.
         """
+        loop = asyncio.get_running_loop()
+        limits = self.stream_limits
         while True:
             self.attempts += 1
             iterator = open_stream()
+            ends = loop.time() + limits.total
             try:
-                first = await self._bounded(partial(anext, iterator))
+                first = await self._next(iterator, self.timeout, None, ends)
             except StopAsyncIteration:
                 return
             except NeuronError as error:
@@ -148,17 +173,41 @@ class Retrying:
                 await _aclose(iterator)
                 raise
             break
+        idle = f"no new content for {limits.idle:g} s (stream_idle_timeout)"
         try:
             yield first
-            async for item in iterator:
+            while True:
+                try:
+                    item = await self._next(iterator, limits.idle, idle, ends)
+                except StopAsyncIteration:
+                    return
                 yield item
         finally:
             await _aclose(iterator)
 
-    async def _bounded(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
-        if self.timeout is None:
+    async def _next(
+        self, iterator: AsyncIterator[_T], wait: float | None, reason: str | None, ends: float
+    ) -> _T:
+        """The next item, waiting `wait` seconds at most (failing with `reason`) and never
+        past `ends` (the loop's clock) for the whole attempt."""
+        left = max(0.0, ends - asyncio.get_running_loop().time())
+        if wait is None or left < wait:
+            total = self.stream_limits.total
+            wait, reason = left, f"the stream took longer than {total:g} s (stream_timeout)"
+        return await self._bounded(partial(anext, iterator), wait, reason)
+
+    async def _bounded(
+        self,
+        attempt: Callable[[], Awaitable[_T]],
+        limit: float | None = None,
+        reason: str | None = None,
+    ) -> _T:
+        """`attempt()` within `limit` seconds (default: the timeout), else a TimeoutError
+        saying `reason` (default: no answer within the timeout)."""
+        limit = self.timeout if limit is None else limit
+        if limit is None:
             return await attempt()
-        scope = asyncio.timeout(self.timeout)
+        scope = asyncio.timeout(limit)
         try:
             async with scope:
                 return await attempt()
@@ -167,7 +216,7 @@ class Retrying:
                 raise
         # Raised outside the except block: no __context__ chain into the cancelled call's
         # frames (whose locals may hold request details).
-        raise NeuronTimeout(f"no answer within {self.timeout:g} s")
+        raise NeuronTimeout(reason or f"no answer within {limit:g} s")
 
     async def _before_retry(self, error: NeuronError) -> None:
         """Record `error`; sleep before the next attempt, or raise `error` if there is none."""

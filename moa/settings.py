@@ -51,6 +51,14 @@ class Settings(BaseSettings):
         description="Default number of retries of a retryable failure.",
     )
 
+    def model_post_init(self, context: object, /) -> None:
+        from moa._redact import remember, remember_environment
+
+        # masked in upstream text from now on, whichever call echoes them
+        remember_environment()
+        if self.provider_api_key is not None:
+            remember(self.provider_api_key.get_secret_value())
+
     def secret(self, name: str) -> str | None:
         """Value of the variable `name` from the environment, `.env.local` or `.env`, else None.
 

@@ -9,12 +9,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import moa
 from moa import MixtureOfAgents, Settings, create_moa_from_config
 from moa.plugins import reload_plugins
 from moa.testing import FakeProvider
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 ECHO_PLUGIN = Path(__file__).parent / "plugins" / "moa-echo"
 
-__all__ = ["CANARY_KEY", "EXAMPLES", "ROOT", "wait_until"]
+__all__ = ["CANARY_KEY", "EXAMPLES", "ROOT", "moa_frame_locals", "wait_until"]
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:
@@ -37,6 +39,30 @@ async def wait_until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5.0):
         while not condition():  # noqa: ASYNC110 - set by the server thread, no Event to await
             await asyncio.sleep(0.01)
+
+
+def moa_frame_locals(error: BaseException) -> str:
+    """Every frame of moa's own code in the tracebacks of `error` and its sub-exceptions and
+    causes, with the repr of each local variable."""
+    package = str(Path(moa.__file__).parent)
+    seen: set[int] = set()
+    lines: list[str] = []
+
+    def walk(exc: BaseException | None) -> None:
+        if exc is None or id(exc) in seen:
+            return
+        seen.add(id(exc))
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            if frame.f_code.co_filename.startswith(package):
+                lines.append(frame.f_code.co_name)
+                lines.extend(f"{k}={v!r}" for k, v in frame.f_locals.items())
+        for sub in getattr(exc, "exceptions", ()):
+            walk(sub)
+        walk(exc.__cause__)
+        walk(exc.__context__)
+
+    walk(error)
+    return "\n".join(lines)
 
 
 @pytest.fixture(autouse=True)

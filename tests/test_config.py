@@ -237,7 +237,8 @@ def test_unknown_keys_of_a_plugin_neuron_in_a_layer_list_its_own_keys() -> None:
     message = str(caught.value)
     assert (
         "neurons[0].replys: unknown key 'replys' (allowed: default, fallbacks, max_retries, "
-        "name, prompt, rate_limit, replies, timeout, type, weight)" in message
+        "name, prompt, rate_limit, replies, stream_idle_timeout, stream_timeout, timeout, type, "
+        "weight)" in message
     )
     assert "did you mean 'replies'?" in message
     assert "aggregation_layer.defualt" in message and "did you mean 'default'?" in message

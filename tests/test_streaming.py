@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable
 
 import pytest
+from conftest import wait_until
 
 from moa import (
     AggregationFailed,
@@ -222,6 +223,8 @@ async def test_leaving_during_a_layer_cancels_its_calls(fake: FakeProvider, buil
     async with contextlib.aclosing(build(config).stream("q")) as events:
         async for event in events:
             if event.kind == "neuron_finished":
+                # on a busy machine m/fast may answer before m/slow's request is even sent
+                await wait_until(lambda: bool(fake.requests_for("m/slow")))
                 break
     for _ in range(100):
         (request,) = fake.requests_for("m/slow")

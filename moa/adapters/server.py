@@ -191,6 +191,9 @@ def create_app(
     `limits` bounds request bodies (the connection-level limits are uvicorn's: run it with
     `uvicorn_options(limits)`).
     """
+    from moa._redact import remember
+
+    remember(api_key)  # never echoed back, whatever an upstream quotes
     served = dict(mixtures)
     limits = limits or ServerLimits()
     started = int(time.time())

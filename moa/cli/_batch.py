@@ -3,13 +3,13 @@ in this process or on a Ray cluster (`--backend ray`)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from moa._runner import run
 from moa.cli._common import build, config_option, config_source, fail, stderr
 
 if TYPE_CHECKING:
@@ -124,9 +124,10 @@ def batch(
         )
 
     try:
-        summary = go_ray() if backend == "ray" else asyncio.run(go())
-    except KeyboardInterrupt:
-        fail(f"interrupted; rerun the same command to resume ({output} keeps what was done)", 130)
+        summary = go_ray() if backend == "ray" else run(go(), sigterm=True)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (moa._runner.Terminated)
+        message = f"interrupted; rerun the same command to resume ({output} keeps what was done)"
+        fail(message, getattr(exc, "exit_code", 130))
     finally:
         if progress is not None:
             progress.stop()

@@ -51,6 +51,8 @@ class Group(click.Group):
             fail(describe_error(exc), 1)
         except ValidationError as exc:  # Settings from the environment
             fail(f"invalid settings: {exc}", 2)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (moa._runner.Terminated)
+            fail("interrupted", getattr(exc, "exit_code", 130))
 
 
 config_option = click.option(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from moa._runner import run as run_until_signal
 from moa._unicode import json_text, scrub
 from moa.cli._common import build, config_option, config_source, stderr
 from moa.errors import MoAError
@@ -45,7 +45,7 @@ def run(
     moa = build(config_source(config))
     stream = not (as_json or no_stream)
     try:
-        result = asyncio.run(_answer(moa, query.strip(), stream=stream))
+        result = run_until_signal(_answer(moa, query.strip(), stream=stream), sigterm=True)
     except MoAError as exc:
         layers = getattr(exc, "layers", None)
         if trace and layers:

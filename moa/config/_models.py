@@ -116,6 +116,20 @@ class NeuronConfig(BaseModel):
         description="Seconds one attempt may take (connect + read); default: the top-level "
         "timeout, else MOA_REQUEST_TIMEOUT, else 120.",
     )
+    stream_idle_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a started stream may go without a new content delta; default: "
+        "the top-level stream_idle_timeout, else 60.",
+    )
+    stream_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds one streamed attempt may take in all; default: the top-level "
+        "stream_timeout, else 600.",
+    )
     max_retries: int | None = Field(
         default=None,
         ge=0,
@@ -351,6 +365,19 @@ class MoAConfig(BaseModel):
         default=None,
         gt=0,
         description="Default seconds per attempt for every neuron without its own timeout.",
+    )
+    stream_idle_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Default seconds a started stream may go without a new content delta "
+        "(default 60).",
+    )
+    stream_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Default seconds one streamed attempt may take in all (default 600).",
     )
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry defaults.")
     rate_limit: RateLimit | None = Field(

@@ -22,7 +22,7 @@ from moa.errors import NeuronError
 from moa.errors import TimeoutError as NeuronTimeout
 from moa.neurons.base import Generation, Neuron, NeuronRequest
 from moa.result import NeuronResult
-from moa.retry import Retrying, RetryPolicy
+from moa.retry import Retrying, RetryPolicy, StreamLimits
 
 __all__ = [
     "CallPlan",
@@ -43,13 +43,15 @@ _T = TypeVar("_T")
 @dataclass(frozen=True, slots=True)
 class CallPlan:
     """How one neuron is called, decided once by the mixture: each attempt is bounded by
-    `timeout` seconds (and the neuron finds it in `NeuronRequest.timeout`), retryable
-    failures are retried under `retry`, and when the neuron fails for good its `fallbacks`
-    (each with its own plan, without fallbacks of its own) are tried in order."""
+    `timeout` seconds (and the neuron finds it in `NeuronRequest.timeout`), a started stream
+    also by `stream_limits`, retryable failures are retried under `retry`, and when the
+    neuron fails for good its `fallbacks` (each with its own plan, without fallbacks of its
+    own) are tried in order."""
 
     neuron: Neuron
     timeout: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    stream_limits: StreamLimits = field(default_factory=StreamLimits)
     fallbacks: tuple[CallPlan, ...] = ()
 
     @property
@@ -120,7 +122,12 @@ async def attempts(
         ask = request(candidate.neuron) if callable(request) else request
         ask = dataclasses.replace(ask, timeout=candidate.timeout)
         stamp = partial(_stamp, neuron=candidate.neuron, layer=layer, index=index)
-        retrying = state._current = Retrying(candidate.retry, candidate.timeout, on_error=stamp)
+        retrying = state._current = Retrying(
+            candidate.retry,
+            candidate.timeout,
+            on_error=stamp,
+            stream_limits=candidate.stream_limits,
+        )
         generation: Generation | None = None
         try:
             async for piece in retrying.stream(partial(attempt, candidate, ask, stream=stream)):
@@ -224,11 +231,18 @@ def _neuron_result(
         usage=generation.usage if generation is not None else None,
         cost=generation.cost if generation is not None else None,
         time_to_first_token=first_token - start if first_token is not None else None,
+        queued_seconds=_queued_seconds(generation),
         attempts=state.attempts,
         attempt_errors=tuple(str(e) for e in state.errors),
         fallback=fallback,
         timed_out=timed_out,
     )
+
+
+def _queued_seconds(generation: Generation | None) -> float | None:
+    """What a neuron reported of its wait for a shared model (`extra['queued_seconds']`)."""
+    value = generation.extra.get("queued_seconds") if generation is not None else None
+    return float(value) if isinstance(value, int | float) else None
 
 
 class StreamedCall:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from moa._runner import to_thread
 from moa.errors import AllNeuronsFailed, NeuronError
 from moa.layers._budget import Budget, fit_references
 from moa.layers._call import (
@@ -49,7 +50,7 @@ async def fit_to_budget(
     def fit() -> tuple[list[Reference], list[Truncation]]:
         return fit_references(references, budget, neuron.tokenizer(), layer=layer)
 
-    return await asyncio.to_thread(fit)
+    return await to_thread(fit)
 
 
 class Layer:

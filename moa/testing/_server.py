@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import socket
 import struct
 import threading
@@ -25,6 +24,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+from moa.testing._faults import (
+    ECHO_FAULTS,
+    echo_content,
+    echo_key,
+    hang,
+    send_echo,
+    send_stream,
+    trickle,
+)
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -32,12 +41,20 @@ __all__ = ["FakeProvider", "Fault", "RecordedRequest", "Reply"]
 
 Fault = Literal[
     "reset", "hang", "hang_after_first_token", "malformed",
-    "empty_choices", "null_content", "empty_content", "no_done",
+    "empty_choices", "null_content", "empty_content", "no_done", "keep_alive",
+    "echo_text", "echo_sse", "echo_error", "echo_partial", "echo_content",
 ]  # fmt: skip
+"""Failure shapes of a reply. `keep_alive`: one token, then only `: keep-alive` comments for
+ever (without `stream`: a 200 whose body trickles in one space at a time). The `echo_*`
+faults quote the API key the request carried (after `Reply.echo_pad` filler characters,
+`Reply.echo_times` times):
+`echo_text` a 2xx body that is not JSON, `echo_sse` an SSE event that is not JSON,
+`echo_error` a JSON error body (status `Reply.status`, 500 if that is 200), `echo_partial`
+an answer cut off inside the event quoting it, `echo_content` a normal answer quoting it
+(streamed in 3-character pieces)."""
 
 _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 _MODELS_PATHS = frozenset({"/v1/models", "/models"})
-_PIECES = re.compile(r"\S+\s*|\s+")
 _ERROR_KINDS: dict[int, tuple[str, str]] = {  # status -> (error.type, error.code)
     400: ("invalid_request_error", "bad_request"), 401: ("authentication_error", "invalid_api_key"),
     403: ("permission_error", "permission_denied"), 404: ("invalid_request_error", "not_found"),
@@ -55,7 +72,8 @@ class Reply:
     ``content=None`` means the default text ``"answer from <model>"``;
     ``latency`` is slept (server side) before the response headers are sent;
     a non-200 ``status`` produces an OpenAI-style error body; ``usage`` is
-    ``(prompt_tokens, completion_tokens)`` (default: whitespace word counts).
+    ``(prompt_tokens, completion_tokens)`` (default: whitespace word counts);
+    ``fault`` is one of :data:`Fault`.
     """
 
     content: str | None = None
@@ -67,6 +85,8 @@ class Reply:
     stream_delay: float = 0.0
     usage: tuple[int, int] | None = None
     error_message: str | None = None
+    echo_pad: int = 0
+    echo_times: int = 1
 
 
 def _text(content: Any) -> str | None:
@@ -428,12 +448,20 @@ class FakeProvider:
         if reply.fault == "reset":
             return await self._reset(request, rec)
         if reply.fault == "hang" or (reply.fault == "hang_after_first_token" and not rec.stream):
-            return await _hang()
+            return await hang()
+        if reply.fault == "keep_alive" and not rec.stream:
+            return await trickle(request, reply)
+        if reply.fault in ECHO_FAULTS - {"echo_content"}:
+            status = reply.status if reply.status != 200 else 500
+            body = _error_body(status, f"invalid key {echo_key(rec, reply)}")
+            return await send_echo(request, rec, reply, body)
         if reply.status != 200:
             msg = reply.error_message or f"fake error {reply.status}"
             return await self._send(request, rec, error(reply.status, msg, hdrs))
         content: str | None = f"answer from {rec.model}" if reply.content is None else reply.content
-        if reply.fault == "null_content":
+        if reply.fault == "echo_content":
+            content = echo_content(rec, reply)
+        elif reply.fault == "null_content":
             content = None
         elif reply.fault == "empty_content":
             content = ""
@@ -444,7 +472,7 @@ class FakeProvider:
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         base = {"id": cid, "created": int(time.time()), "model": rec.model}
         if rec.stream:
-            return await self._stream(request, rec, reply, content, usage, base, hdrs)
+            return await send_stream(request, rec, reply, content, usage, base, hdrs)
         if reply.fault == "malformed":
             resp = web.Response(
                 body=b'{"not": "json"', headers=hdrs, content_type="application/json"
@@ -473,60 +501,4 @@ class FakeProvider:
             if sock is not None:  # SO_LINGER 0 -> close() sends RST instead of FIN
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.abort()
-        return await _hang()  # connection_lost cancels this task
-
-    async def _stream(
-        self, request: web.BaseRequest, rec: _Record, reply: Reply, content: str | None,
-        usage: dict[str, int], base: dict[str, Any], hdrs: dict[str, str],
-    ) -> web.StreamResponse:  # fmt: skip
-        from aiohttp import web
-
-        opts = rec.body.get("stream_options") if rec.body else None
-        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        sse = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        resp = web.StreamResponse(headers={**hdrs, **sse})
-        await resp.prepare(request)
-
-        async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
-            chunk = {**base, "object": "chat.completion.chunk", "choices": choices, **extra}
-            if include_usage and "usage" not in extra:
-                chunk["usage"] = None
-            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-
-        def delta(d: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
-            return [{"index": 0, "delta": d, "finish_reason": finish}]
-
-        try:
-            if reply.fault == "malformed":
-                await resp.write(b'data: {"not": "json"\n\n')
-            elif reply.fault == "empty_choices":
-                await send([], **({"usage": usage} if include_usage else {}))
-            else:
-                first = {"role": "assistant", "content": "" if content is not None else None}
-                await send(delta(first))
-                for i, piece in enumerate(_PIECES.findall(content or "")):
-                    if i and reply.stream_delay > 0:
-                        await asyncio.sleep(reply.stream_delay)
-                    await send(delta({"content": piece}))
-                    if reply.fault == "hang_after_first_token":
-                        await _hang()
-                if reply.fault == "hang_after_first_token":  # content had no pieces
-                    await _hang()
-                if reply.fault != "no_done":
-                    await send(delta({}, "stop"))
-                    if include_usage:
-                        await send([], usage=usage)
-            rec.finished = time.monotonic()  # before the last bytes: a client never sees None
-            if reply.fault != "no_done":
-                await resp.write(b"data: [DONE]\n\n")
-            await resp.write_eof()
-        except ConnectionError:  # client went away mid-stream
-            rec.cancelled = True
-            rec.finished = time.monotonic()
-        return resp
-
-
-async def _hang() -> web.StreamResponse:
-    """Wait until cancelled (client disconnect or server stop)."""
-    await asyncio.get_running_loop().create_future()
-    raise AssertionError("unreachable")  # pragma: no cover
+        return await hang()  # connection_lost cancels this task

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from moa._redact import remember
 from moa.neurons.base import ChatMessage
 from moa.neurons.llm import _http
 from moa.neurons.llm._transport import Answer, Chunk, content, tokens
@@ -59,6 +60,7 @@ def plan_fast_path(litellm: ModuleType, config: LLMConfig, route: Route) -> Fast
         key = os.environ.get("OPENAI_API_KEY")
     if not base or not key:
         return None
+    remember(key)  # masked in upstream text, whoever echoes it
     try:
         params = litellm.get_optional_params(
             model=model,

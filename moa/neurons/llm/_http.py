@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
@@ -144,13 +145,20 @@ async def post_json(
 
 
 def _decode(body: bytes, api_key: SecretStr | None) -> dict[str, Any]:
+    failure: NeuronError | None = None
     try:
         data = json.loads(body)
     except ValueError:
-        shown = upstream_text(body, _secrets(api_key), limit=200)
-        raise neuron_error(FailureKind.NOT_JSON, repr(shown)) from None
-    if not isinstance(data, dict):
-        raise InvalidResponseError("the provider answered with JSON that is not an object")
+        data = None
+        failure = neuron_error(
+            FailureKind.NOT_JSON, repr(upstream_text(body, _secrets(api_key), limit=200))
+        )
+    else:
+        if not isinstance(data, dict):
+            failure = InvalidResponseError("the provider answered with JSON that is not an object")
+    if failure is not None:
+        raise failure  # outside the except block: no __context__ holding the body
+    assert isinstance(data, dict)
     return data
 
 
@@ -163,11 +171,13 @@ async def stream_sse(
 ) -> AsyncIterator[dict[str, Any]]:
     """POST with `stream: true` and yield each decoded `data:` event until `[DONE]`.
 
-    `timeout_s` bounds the wait for the answer to start and for each following chunk.
+    `timeout_s` bounds the wait for the answer to start and for each following chunk. Lines
+    are decoded by `_events`: no frame a failure passes through keeps raw upstream text.
     """
     import aiohttp
 
     session = await _session()
+    failure: NeuronError | None = None
     try:
         async with session.post(
             url,
@@ -178,31 +188,52 @@ async def stream_sse(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s),
         ) as response:
             if response.status >= 400:
-                raise _error_for(response.status, response.headers, await response.read(), api_key)
-            async for raw_line in response.content:
-                line = raw_line.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    return
-                try:
-                    event = json.loads(data)
-                except ValueError:
-                    shown = upstream_text(data, _secrets(api_key), limit=200)
-                    raise InvalidResponseError(
-                        f"the provider streamed an event that is not JSON: {shown!r}"
-                    ) from None
-                if isinstance(event, dict):
-                    if isinstance(event.get("error"), dict):
-                        raise ProviderError(
-                            upstream_text(
-                                str(event["error"].get("message", event["error"])),
-                                _secrets(api_key),
-                                limit=2000,
-                            )
-                        )
-                    yield event
+                failure = _error_for(
+                    response.status, response.headers, await response.read(), api_key
+                )
+            else:
+                async with aclosing(_events(response.content, api_key)) as events:
+                    async for event in events:
+                        if event is None:  # [DONE]
+                            break
+                        if isinstance(event, NeuronError):
+                            failure = event
+                            break
+                        yield event
+                    else:
+                        failure = neuron_error(FailureKind.CUT_STREAM, "")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise _transport_error(exc, timeout_s) from None
-    raise neuron_error(FailureKind.CUT_STREAM, "")
+        failure = _transport_error(exc, timeout_s)
+    if failure is not None:
+        raise failure  # outside the except block: no __context__ into aiohttp's frames
+
+
+async def _events(
+    lines: AsyncIterable[bytes], api_key: SecretStr | None
+) -> AsyncGenerator[dict[str, Any] | NeuronError | None, None]:
+    """The decoded `data:` events of an SSE body, then None for `[DONE]`. An upstream failure
+    is yielded, not raised, so this frame (which holds the raw line) is never in an error's
+    traceback."""
+    async for raw in lines:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            yield None
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            shown = upstream_text(data, _secrets(api_key), limit=200)
+            yield InvalidResponseError(
+                f"the provider streamed an event that is not JSON: {shown!r}"
+            )
+            return
+        if isinstance(event, dict):
+            error = event.get("error")
+            if isinstance(error, dict):
+                text = str(error.get("message", error))
+                yield ProviderError(upstream_text(text, _secrets(api_key), limit=2000))
+                return
+            yield event

@@ -8,16 +8,15 @@ body that is not JSON as HTTP 500 alike) into the one failure-kind table.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from moa._runner import to_thread
 from moa.errors import NeuronError
 from moa.neurons.base import ChatMessage
 from moa.neurons.llm._transport import Answer, Chunk, content, tokens
@@ -70,7 +69,7 @@ async def aload_litellm() -> ModuleType:
     """`load_litellm()` off the event loop (the first import takes seconds)."""
     if _litellm is not None:
         return _litellm
-    return await asyncio.to_thread(load_litellm)
+    return await to_thread(load_litellm)  # a daemon thread: Ctrl-C never waits for it
 
 
 class LiteLLMTransport:
@@ -136,33 +135,29 @@ class LiteLLMTransport:
         kwargs = self._kwargs(
             messages, timeout_s, stream=True, stream_options={"include_usage": True}
         )
-        with self._mapping():
-            response = await self._call(kwargs)
-            try:
-                async for raw in response:
-                    choices = getattr(raw, "choices", None)
-                    first = choices[0] if choices else None
-                    text = getattr(getattr(first, "delta", None), "content", None)
-                    yield Chunk(
-                        text=text if isinstance(text, str) else None,
-                        usage=_usage(getattr(raw, "usage", None)),
-                        model=getattr(raw, "model", None),
-                        finished=bool(getattr(first, "finish_reason", None)),
-                    )
-            finally:
-                aclose = getattr(response, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-
-    @contextmanager
-    def _mapping(self) -> Iterator[None]:
-        """Map litellm's exceptions (for a stream, which cannot raise outside its except)."""
+        failure: NeuronError | None = None
         try:
-            yield
-        except NeuronError:
-            raise
+            response = await self._call(kwargs)
         except Exception as exc:
-            raise self.failure(exc) from None
+            failure = self.failure(exc)
+        if failure is not None:
+            raise failure  # outside the except block: no __context__ (see `complete`)
+        try:
+            chunks = aiter(response)
+            while True:
+                try:
+                    raw = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    failure = self.failure(exc)
+                if failure is not None:
+                    raise failure
+                yield _chunk(raw)
+        finally:
+            aclose = getattr(response, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def failure(self, exc: BaseException) -> NeuronError:
         """moa's error for a litellm exception, its text through `upstream_text`."""
@@ -175,6 +170,18 @@ class LiteLLMTransport:
             status=None if plain else status,
             retry_after=retry_after_of(exc),
         )
+
+
+def _chunk(raw: Any) -> Chunk:
+    choices = getattr(raw, "choices", None)
+    first = choices[0] if choices else None
+    text = getattr(getattr(first, "delta", None), "content", None)
+    return Chunk(
+        text=text if isinstance(text, str) else None,
+        usage=_usage(getattr(raw, "usage", None)),
+        model=getattr(raw, "model", None),
+        finished=bool(getattr(first, "finish_reason", None)),
+    )
 
 
 def _usage(raw: object) -> tuple[int, int] | None:

@@ -8,7 +8,6 @@ sends it to that endpoint instead, and `api_key_env` names the variable holding 
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, JsonValue, SecretStr
 
+from moa._redact import StreamRedactor, redact, remember
+from moa._runner import to_thread
 from moa.config._models import NeuronConfig
 from moa.errors import InvalidResponseError, MissingCredentialsError, NeuronError
 from moa.neurons.base import ChatMessage, Generation, Neuron, NeuronRequest, TokenLimits
@@ -108,6 +109,7 @@ def _key_from(
 ) -> SecretStr | None:
     value = settings.secret(variable) if variable else None
     if value:
+        remember(value)  # masked in any upstream text from now on, whichever call echoes it
         return SecretStr(value)
     if required and variable:
         raise MissingCredentialsError(
@@ -195,11 +197,17 @@ class LLMNeuron(Neuron):
         transport = await self._ready()
         timeout = self._timeout(request)
         async with self._limited(request) as permit:
+            failure: NeuronError | None = None
             try:
                 answer = await transport.complete(request.messages, timeout_s=timeout)
             except NeuronError as exc:
                 self._stamp(exc)
-                raise  # a RateLimitError's Retry-After pauses the bucket on its way out
+                failure = exc
+            if failure is not None:
+                # With no traceback below this frame: the transports' frames held raw upstream
+                # text in their locals, and error trackers capture frame locals. (A
+                # RateLimitError's Retry-After pauses the bucket on its way out.)
+                raise failure.with_traceback(None)
             generation = await self._generation(answer, request)
             if permit is not None and generation.usage is not None:
                 usage = generation.usage
@@ -208,25 +216,47 @@ class LLMNeuron(Neuron):
 
     async def stream(self, request: NeuronRequest) -> AsyncIterator[str | Generation]:
         """Stream with `stream_options.include_usage` (the provider reports usage in its last
-        chunk); yield each text delta as it arrives, then the Generation."""
+        chunk); yield each text delta as it arrives, then the Generation.
+
+        The answer is upstream text: deltas are masked as they arrive (`StreamRedactor` holds
+        back a delta's end while it could still start a key), and a failure is raised with no
+        traceback below this frame (see `generate`)."""
         transport = await self._ready()
+        redactor = StreamRedactor([self._secret()])
         pieces: list[str] = []
         usage: tuple[int, int] | None = None
         model: str | None = None
         finished = False
         timeout = self._timeout(request)
         async with self._limited(request) as permit:  # held for the whole stream
+            chunks = aiter(transport.stream(request.messages, timeout_s=timeout))
             try:
-                async for chunk in transport.stream(request.messages, timeout_s=timeout):
+                while True:
+                    failure: NeuronError | None = None
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    except NeuronError as exc:
+                        self._stamp(exc)
+                        failure = exc
+                    if failure is not None:
+                        raise failure.with_traceback(None)
                     usage = chunk.usage or usage
                     model = model or chunk.model
                     finished = finished or chunk.finished
-                    if chunk.text:
-                        pieces.append(chunk.text)
-                        yield chunk.text
-            except NeuronError as exc:
-                self._stamp(exc)
-                raise
+                    text = redactor.feed(chunk.text) if chunk.text else ""
+                    del chunk  # no raw delta in a local while waiting for the next
+                    if text:
+                        pieces.append(text)
+                        yield text
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]
+            rest = redactor.flush()
+            if rest:
+                pieces.append(rest)
+                yield rest
+            model = redact(model) if model is not None else None
             if permit is not None and usage is not None:
                 await permit.settle(usage[0] + usage[1])
         text = "".join(pieces)
@@ -244,8 +274,16 @@ class LLMNeuron(Neuron):
             raise self._error(InvalidResponseError, "the provider returned null content")
         if not answer.text.strip():
             raise self._error(InvalidResponseError, "the provider returned empty content")
-        usage = await self._usage(answer.usage, request, answer.text)
-        return Generation(text=answer.text, usage=usage, cost=self.cost(usage), model=answer.model)
+        text = redact(answer.text, [self._secret()])  # the answer is upstream text too
+        usage = await self._usage(answer.usage, request, text)
+        model = redact(answer.model) if answer.model is not None else None
+        return Generation(text=text, usage=usage, cost=self.cost(usage), model=model)
+
+    def _secret(self) -> str | None:
+        """This neuron's key, for masking (read inline by callers, never kept)."""
+        if isinstance(self._transport, DirectTransport):
+            return self._transport.plan.api_key.get_secret_value()
+        return self.route.api_key.get_secret_value() if self.route.api_key else None
 
     async def _usage(
         self, reported: tuple[int, int] | None, request: NeuronRequest, text: str
@@ -254,7 +292,7 @@ class LLMNeuron(Neuron):
         if reported is not None:
             return Usage(prompt_tokens=reported[0], completion_tokens=reported[1])
         # Off the event loop: a tokenizer may load (or, outside offline mode, download).
-        return await asyncio.to_thread(self.count_usage, request.messages, text)
+        return await to_thread(self.count_usage, request.messages, text)
 
     def count_usage(self, messages: Sequence[ChatMessage], completion: str) -> Usage:
         """Tokens of a call counted by litellm for this model (blocking)."""

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from moa._redact import clip
 from moa.errors import (
     AuthenticationError,
     InvalidResponseError,
@@ -25,7 +26,6 @@ from moa.errors import (
     ProviderConnectionError,
     ProviderError,
     RateLimitError,
-    redact,
 )
 from moa.errors import TimeoutError as NeuronTimeout
 
@@ -58,13 +58,15 @@ class FailureKind(enum.StrEnum):
 
 
 def upstream_text(raw: str | bytes, secrets: Iterable[str | None], *, limit: int = 500) -> str:
-    """Text from upstream as moa may show it: decoded, every secret in `secrets` redacted,
-    then cut to `limit` characters (redacting first: a key at the cut leaves no prefix).
+    """Text from upstream as moa may show it: decoded, every secret redacted (those in
+    `secrets` and every one moa knows of, see `moa._redact`), then cut to `limit` characters
+    (redacting first: a key across the cut leaves no prefix).
 
-    Every transport passes upstream text through here before it reaches an error, a log or a
-    result; this is the place to widen what is redacted."""
+    Every transport passes upstream error text through here before it reaches an error, a
+    log or a result (the answer itself is masked by the neuron, which sees both transports'
+    answers); this is the place to widen what is redacted."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return redact(text, secrets)[:limit]
+    return clip(text, limit, secrets)
 
 
 def retry_after_seconds(headers: Any) -> float | None:

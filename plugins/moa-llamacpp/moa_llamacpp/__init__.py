@@ -22,7 +22,9 @@ from moa_llamacpp._models import (
     ModelKey,
     SharedModel,
     default_model_path,
+    default_threads,
     loaded_models,
+    physical_cores,
     unload_models,
 )
 from moa_llamacpp._neuron import LlamaCppConfig, LlamaCppError, LlamaCppNeuron
@@ -37,7 +39,9 @@ __all__ = [
     "ModelKey",
     "SharedModel",
     "default_model_path",
+    "default_threads",
     "loaded_models",
+    "physical_cores",
     "unload_models",
 ]
 

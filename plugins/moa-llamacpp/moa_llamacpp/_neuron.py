@@ -1,22 +1,21 @@
 """`LlamaCppNeuron`: a local GGUF chat model run in-process by llama-cpp-python.
 
-Every call runs on the model's own worker thread (never on the event loop), formats the chat
-with the model's own template (`create_chat_completion`), and can be stopped between tokens:
-cancelling the awaiting task, or closing a `stream()` early, stops generation at the next
-token and frees the model for the next call.
+Every call becomes one sequence of the model's batching scheduler (never run on the event
+loop): concurrent calls on one model decode together, each with its own sampling. The chat
+is formatted by the model's own chat handler, as `create_chat_completion` does. Cancelling
+the awaiting task, or closing a `stream()` early, stops that sequence at the next step and
+frees its slot; the others carry on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, JsonValue, field_validator
+from pydantic import Field, JsonValue, field_validator, model_validator
 
 from moa import (
     ConfigError,
@@ -33,8 +32,10 @@ from moa_llamacpp._models import (
     ModelKey,
     SharedModel,
     default_model_path,
+    default_threads,
     shared_model,
 )
+from moa_llamacpp._scheduler import Ask, Outcome, Ticket
 
 __all__ = ["LlamaCppConfig", "LlamaCppError", "LlamaCppNeuron"]
 
@@ -65,6 +66,9 @@ _SAMPLING_PARAMS = frozenset(
 
 _OWN_KEYS = frozenset({"messages", "stream", "temperature", "max_tokens", "seed", "model"})
 
+MIN_SLOT_CTX = 64
+"""Fewest context tokens one sequence may get (`n_ctx // n_parallel`)."""
+
 
 class LlamaCppConfig(NeuronConfig):
     """Options of a `llamacpp` neuron."""
@@ -78,9 +82,23 @@ class LlamaCppConfig(NeuronConfig):
     )
     temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="0 is greedy.")
     max_tokens: int = Field(default=256, gt=0, description="Cap on the answer's length.")
-    n_ctx: int = Field(default=4096, ge=256, description="Context window, in tokens.")
+    n_ctx: int = Field(
+        default=8192,
+        ge=256,
+        description="Context cells of the loaded model, split evenly between its n_parallel "
+        "sequences: each request's prompt and answer must fit in n_ctx // n_parallel.",
+    )
+    n_parallel: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Most requests decoded together on the model; more wait for a slot.",
+    )
     n_threads: int | None = Field(
-        default=None, gt=0, description="CPU threads; default: every core (os.cpu_count())."
+        default=None,
+        gt=0,
+        description="CPU threads of the model's decode; default: the physical cores not "
+        "already busy (load average) when the first neuron is built, at least 1.",
     )
     seed: int | None = Field(
         default=None, ge=0, description="Sampling seed; the same seed gives the same answer."
@@ -104,6 +122,18 @@ class LlamaCppConfig(NeuronConfig):
                 )
         return params
 
+    @model_validator(mode="after")
+    def _slot_fits(self) -> LlamaCppConfig:
+        slot = self.n_ctx // self.n_parallel
+        if slot < MIN_SLOT_CTX:
+            raise ValueError(
+                f"n_ctx {self.n_ctx} split between n_parallel {self.n_parallel} sequences "
+                f"leaves {slot} tokens per request; each needs at least {MIN_SLOT_CTX}: "
+                f"raise n_ctx to {MIN_SLOT_CTX * self.n_parallel} or more, or lower n_parallel "
+                f"to {max(self.n_ctx // MIN_SLOT_CTX, 1)} or less"
+            )
+        return self
+
     @property
     def label(self) -> str:
         if self.name:
@@ -125,7 +155,8 @@ class LlamaCppNeuron(Neuron):
         self.key = ModelKey(
             path=str(self.model_file),
             n_ctx=config.n_ctx,
-            n_threads=config.n_threads or os.cpu_count() or 1,
+            n_threads=config.n_threads or default_threads(),
+            n_parallel=config.n_parallel,
         )
 
     @property
@@ -137,119 +168,83 @@ class LlamaCppNeuron(Neuron):
         """Load the model (off the event loop) before the first call."""
         await self.model.load()
 
-    def _kwargs(self, request: NeuronRequest, stream: bool) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(self.config.params)
-        kwargs.update(
-            messages=[{"role": m["role"], "content": m["content"]} for m in request.messages],
+    def _ask(self, request: NeuronRequest) -> Ask:
+        return Ask(
+            messages=tuple({"role": m["role"], "content": m["content"]} for m in request.messages),
             temperature=self.config.temperature,
             max_tokens=self.config.max_tokens,
-            stream=stream,
+            seed=self.config.seed,
+            params=dict(self.config.params),
         )
-        if self.config.seed is not None:
-            kwargs["seed"] = self.config.seed
-        return kwargs
 
     async def generate(self, request: NeuronRequest) -> Generation:
-        """One answer with llama.cpp's exact token counts. Cancelling the caller while the
-        call waits for the model withdraws it; once started it runs to `max_tokens` at most."""
-
-        def job(llama: Any) -> dict[str, Any]:
-            with self._llama_errors():
-                result: dict[str, Any] = llama.create_chat_completion(
-                    **self._kwargs(request, stream=False)
-                )
-                return result
-
-        response = await self.model.call(job)
-        choice = (response.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content")
-        usage = response.get("usage") or {}
-        return self._generation(
-            text,
-            Usage(
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-            ),
-            choice.get("finish_reason"),
+        """One answer with llama.cpp's exact token counts. Cancelling the caller withdraws
+        the request, queued or generating."""
+        async for item in self.stream(request):
+            if isinstance(item, Generation):
+                return item
+        raise LlamaCppError(  # pragma: no cover - stream() always ends with a Generation
+            "the model ended without an answer", neuron=self.path, model=self.config.label
         )
 
     async def stream(self, request: NeuronRequest) -> AsyncIterator[str | Generation]:
-        """Yield text deltas as llama.cpp produces them, then the final `Generation`.
+        """Yield text deltas as the model's scheduler samples them, then the `Generation`.
 
-        Tokens are produced on the model's thread and handed to the event loop one by one;
-        closing the iterator early stops generation at the next token.
+        Closing the iterator early (or cancelling its task) takes the sequence out of the
+        batch at the next step and frees its KV cells.
         """
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        stop = threading.Event()
+        queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+        model = self.model
 
-        def put(kind: str, value: Any) -> None:
+        def emit(kind: str, value: object) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
             except RuntimeError:  # the loop is closed: nobody is listening any more
-                stop.set()
+                model.cancel(ticket)
 
-        def job(llama: Any) -> None:
-            finish: str | None = None
-            deltas = 0
-            try:
-                with self._llama_errors():
-                    chunks = llama.create_chat_completion(**self._kwargs(request, stream=True))
-                    try:
-                        for chunk in chunks:
-                            choice = (chunk.get("choices") or [{}])[0]
-                            delta = (choice.get("delta") or {}).get("content")
-                            if delta:
-                                deltas += 1
-                                put("delta", delta)
-                            finish = choice.get("finish_reason") or finish
-                            if stop.is_set():
-                                break
-                    finally:
-                        chunks.close()
-            except BaseException as exc:
-                put("error", exc)
-            else:
-                put("done", (finish, _stream_usage(llama.n_tokens, deltas, finish)))
-
-        future = self.model.submit(job)
-        # If loading the model fails, `job` never runs: the future's end still wakes us.
-        future.add_done_callback(lambda _: put("ended", None))
+        ticket = Ticket(ask=self._ask(request), emit=emit)
+        model.submit(ticket)
         parts: list[str] = []
+        finished = False
         try:
             while True:
                 kind, value = await queue.get()
                 if kind == "delta":
+                    assert isinstance(value, str)
                     parts.append(value)
                     yield value
                 elif kind == "error":
-                    raise value
-                elif kind == "ended":
-                    future.result()  # raises what stopped the call (e.g. GGUFLoadError)
-                    raise LlamaCppError(
-                        "the model thread ended without an answer",
-                        neuron=self.path,
-                        model=self.config.label,
-                    )
+                    finished = True
+                    assert isinstance(value, BaseException)
+                    with self._llama_errors():
+                        raise value
                 else:
+                    finished = True
+                    assert isinstance(value, Outcome)
                     break
-            finish, usage = value
-            yield self._generation("".join(parts), usage, finish)
+            yield self._generation("".join(parts), value)
         finally:
-            stop.set()
-            if not future.done():
-                future.cancel()  # still queued behind another call: never start it
+            if not finished:
+                model.cancel(ticket)
 
-    def _generation(self, text: object, usage: Usage, finish_reason: object) -> Generation:
-        if not isinstance(text, str) or not text.strip():
+    def _generation(self, text: str, outcome: Outcome) -> Generation:
+        if not text.strip():
             raise InvalidResponseError(
                 "the model returned no text", neuron=self.path, model=self.config.label
             )
         return Generation(
             text=text,
-            usage=usage,
+            usage=Usage(
+                prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens
+            ),
             model=self.model_file.stem,
-            extra={"finish_reason": finish_reason, "model_path": str(self.model_file)},
+            extra={
+                "finish_reason": outcome.finish_reason,
+                "model_path": str(self.model_file),
+                "queued_seconds": outcome.queued_seconds,
+                "shared_prefix_tokens": outcome.shared_prefix,
+            },
         )
 
     @contextmanager
@@ -267,15 +262,6 @@ class LlamaCppNeuron(Neuron):
 
     def __repr__(self) -> str:
         return f"<LlamaCppNeuron {self.path} {str(self.model_file)!r}>"
-
-
-def _stream_usage(n_tokens: int, deltas: int, finish_reason: object) -> Usage:
-    """llama.cpp's stream carries no token counts: derive them. Its stream yields one delta
-    per completion token, and afterwards the context holds the prompt and every completion
-    token it evaluated: all of them when the model ended the answer (`stop`), all but the
-    last when `max_tokens` cut it (`length`)."""
-    evaluated = deltas if finish_reason == "stop" else max(deltas - 1, 0)
-    return Usage(prompt_tokens=max(n_tokens - evaluated, 0), completion_tokens=deltas)
 
 
 def _resolve_model_file(config: LlamaCppConfig) -> Path:

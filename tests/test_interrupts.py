@@ -1,0 +1,144 @@
+"""Ctrl-C and SIGTERM end `moa run` and `moa batch` at once, whatever worker threads are
+doing; and the executor behind moa's worker threads (moa._runner) never makes anyone wait.
+
+The commands run as real processes (the `moa` entry point, with a neuron type registered in
+that process whose model load in a worker thread never ends); no assertion is about time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+from moa._runner import DaemonExecutor, run, to_thread
+from moa.testing import FakeProvider, Reply
+
+CLI_CHILD = """
+import asyncio, sys, threading
+from typing import Literal
+from moa import Generation, Neuron, NeuronConfig, hookimpl
+from moa.plugins import register_plugin
+
+
+class Loading(Neuron):
+    class Config(NeuronConfig):
+        type: Literal["loading"] = "loading"
+
+    async def generate(self, request):
+        await asyncio.to_thread(self.load)
+        return Generation(text="loaded")
+
+    def load(self):
+        print("loading", flush=True)
+        threading.Event().wait()  # a model load that never ends
+
+
+class Plugin:
+    @hookimpl
+    def register_neurons(self, register):
+        register("loading", Loading)
+
+
+register_plugin(Plugin(), name="loading")
+from moa.cli import main
+
+main(sys.argv[1:])
+"""
+CONFIG = """
+proposal_layers:
+  - neurons:
+    - {model: "m/A"}
+    - {type: loading}
+aggregation_layer: {model: "m/AGG"}
+"""
+HANG_GUARD = 120  # seconds: only so a broken build fails instead of hanging; never a speed bar
+
+
+@pytest.mark.parametrize(
+    ("command", "signum", "status"),
+    [
+        ("run", signal.SIGTERM, 143),
+        ("run", signal.SIGINT, 130),
+        ("batch", signal.SIGTERM, 143),
+    ],
+)
+def test_a_signal_ends_the_command_although_a_worker_thread_never_finishes(
+    command: str, signum: int, status: int, fake: FakeProvider, tmp_path: Path
+) -> None:
+    fake.set_default(Reply(fault="hang"))
+    (tmp_path / "moa.yaml").write_text(CONFIG)
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "query": "q"}\n')
+    args = ["run", "q"] if command == "run" else ["batch", "in.jsonl", "-o", "out.jsonl"]
+    env = {**os.environ, "BASE_URL": fake.base_url, "MOA_MAX_RETRIES": "0"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CLI_CHILD, *args, "-c", "moa.yaml"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "loading"
+        fake.wait_for_requests(1, timeout=HANG_GUARD)
+        child.send_signal(signum)
+        _, err = child.communicate(timeout=HANG_GUARD)
+    finally:
+        child.kill()
+    assert child.returncode == status, err
+    assert "Error: interrupted" in err and "Traceback" not in err
+    if command == "batch":  # nothing half-written; a rerun resumes
+        assert "rerun the same command to resume" in err
+        assert (tmp_path / "out.jsonl").read_text() == ""
+    (request,) = fake.requests
+    asyncio.run(wait_until(lambda: fake.requests[0].cancelled))
+    assert request.model == "m/A"
+
+
+def test_a_run_cancelled_while_its_worker_thread_is_stuck_returns_at_once() -> None:
+    """`run()` (what process_sync and the CLI use) abandons a stuck worker thread."""
+    stuck = threading.Event()
+    release = threading.Event()
+    workers: list[threading.Thread] = []
+
+    def load() -> None:
+        workers.append(threading.current_thread())
+        stuck.set()
+        release.wait()
+
+    async def main() -> None:
+        work = asyncio.ensure_future(to_thread(load))
+        await asyncio.to_thread(stuck.wait)  # the default executor is the daemon one too
+        work.cancel()
+        await asyncio.sleep(0)
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        run(main())
+    (worker,) = workers
+    assert worker.daemon and worker.is_alive()  # still stuck, and nobody waited for it
+    release.set()
+
+
+def test_the_daemon_executor_reuses_threads_and_bounds_them() -> None:
+    pool = DaemonExecutor(max_workers=2, idle_timeout=5)
+    threads = {pool.submit(threading.get_ident).result() for _ in range(20)}
+    assert len(threads) <= 2  # idle threads are reused, never more than max_workers
+    gate = threading.Event()
+    blocked = [pool.submit(gate.wait) for _ in range(2)]
+    queued = pool.submit(threading.get_ident)  # both threads busy: it waits its turn
+    assert not queued.done()
+    gate.set()
+    assert all(f.result() for f in blocked) and queued.result()
+    pool.shutdown(wait=True)  # returns at once, whatever the threads do
+    with pool:
+        pass
