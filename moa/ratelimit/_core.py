@@ -52,6 +52,12 @@ __all__ = [
 HORIZON = 0.5
 """Seconds ahead a call may reserve its start; beyond that it waits and asks again."""
 
+LATE = 0.02
+"""Seconds past its reserved start after which a woken caller reserves again (see `permit`)."""
+
+LATE_RETRIES = 3
+"""How often one call may reserve again for waking late before it goes anyway."""
+
 CONCURRENCY_POLL = 0.02
 """Seconds a call waits before asking again when `max_concurrency` calls are in flight."""
 
@@ -244,21 +250,34 @@ class RateLimiter:
         tokens: int = 0,
         lease_seconds: float = 600.0,
     ) -> AsyncIterator[Permit]:
-        """Hold a slot of `key`'s bucket for the duration of one upstream call."""
+        """Hold a slot of `key`'s bucket for the duration of one upstream call.
+
+        A caller that wakes more than `LATE` seconds after its reserved start (its process or
+        event loop was stalled) gives the slot up and reserves again, up to `LATE_RETRIES`
+        times: calls due during a stall go out spaced, not all at once when it ends."""
         started = time.monotonic()
+        spaced = any(limit.intervals())
+        late_retries = 0
         while True:
-            answer = await self.backend.reserve(key, limit, tokens, lease_seconds)
-            if answer.granted:
+            while True:
+                answer = await self.backend.reserve(key, limit, tokens, lease_seconds)
+                if answer.granted:
+                    break
+                # Many callers get the same hint: spread their next asks a little.
+                await asyncio.sleep(answer.delay + random.uniform(0.0, 0.01))
+            due = time.monotonic() + answer.delay  # never earlier than the backend's start
+            try:
+                if answer.delay > 0:
+                    await asyncio.sleep(answer.delay)
+            except BaseException:
+                if answer.lease is not None:
+                    await asyncio.shield(self.backend.release(key, answer.lease))
+                raise
+            if not spaced or late_retries >= LATE_RETRIES or time.monotonic() - due <= LATE:
                 break
-            # Many callers get the same hint: spread their next asks a little.
-            await asyncio.sleep(answer.delay + random.uniform(0.0, 0.01))
-        try:
-            if answer.delay > 0:
-                await asyncio.sleep(answer.delay)
-        except BaseException:
+            late_retries += 1
             if answer.lease is not None:
                 await asyncio.shield(self.backend.release(key, answer.lease))
-            raise
         permit = Permit(self, key, limit, tokens, answer.lease, time.monotonic() - started)
         try:
             yield permit
