@@ -119,34 +119,67 @@ async def to_thread(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
 
 def run(main: Coroutine[Any, Any, _T], *, sigterm: bool = False) -> _T:
     """`asyncio.run(main)` that ends as soon as `main` is cancelled: Ctrl-C cancels it and
-    raises `KeyboardInterrupt`; with `sigterm` (from the main thread), SIGTERM cancels it and
-    raises `Terminated`. Worker threads still busy are abandoned, never waited for."""
+    raises `KeyboardInterrupt` (a second Ctrl-C raises it at once); with `sigterm` (from the
+    main thread), SIGTERM cancels it and raises `Terminated`. Worker threads still busy are
+    abandoned, never waited for.
+
+    The signals are handled by the event loop (`loop.add_signal_handler`), not by the
+    Python-level handler `asyncio.Runner` installs for SIGINT: the kernel may deliver a signal
+    to any thread, and when it picks a worker thread, a Python-level handler runs only once the
+    main thread next wakes up, which an idle loop waiting on a hung upstream never does. The
+    loop's handlers are woken through its self-pipe whichever thread the signal lands on.
+    A SIGINT handler the caller installed is left alone.
+    """
     with asyncio.Runner() as runner:
         loop = runner.get_loop()
         loop.set_default_executor(executor())
-        if not sigterm or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             return runner.run(main)
-        task: list[asyncio.Task[Any] | None] = [None]
-        terminated = threading.Event()
+        handled = [signal.SIGTERM] if sigterm else []
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            handled.append(signal.SIGINT)
+        if not handled:
+            return runner.run(main)
+        return _run_with_signals(runner, main, handled)
 
-        def on_sigterm() -> None:
-            terminated.set()
-            if task[0] is not None:
-                task[0].cancel()
 
-        async def cancellable() -> _T:
-            task[0] = asyncio.current_task()
-            if terminated.is_set():
-                main.close()
-                raise asyncio.CancelledError
-            return await main
+def _run_with_signals(
+    runner: asyncio.Runner, main: Coroutine[Any, Any, _T], handled: list[signal.Signals]
+) -> _T:
+    loop = runner.get_loop()
+    task: list[asyncio.Task[Any] | None] = [None]
+    received: list[int] = []
 
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        try:
-            return runner.run(cancellable())
-        except asyncio.CancelledError:
-            if terminated.is_set():
-                raise Terminated() from None
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if signum == signal.SIGINT and received.count(signal.SIGINT) > 1:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop waiting for the cancellation
+        if task[0] is not None and not task[0].done():
+            task[0].cancel()
+
+    async def cancellable() -> _T:
+        task[0] = asyncio.current_task()
+        if received:  # a signal came before this task started
+            main.close()
+            raise asyncio.CancelledError
+        return await main
+
+    # Restored after: the loop takes them over, and resets them to the defaults when done.
+    before = {signum: signal.getsignal(signum) for signum in handled}
+    wakeup_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup_fd)
+    for signum in handled:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return runner.run(cancellable())
+    except asyncio.CancelledError:
+        if not received:
             raise
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
+        if received[0] == signal.SIGTERM:
+            raise Terminated() from None
+        raise KeyboardInterrupt() from None
+    finally:
+        for signum, handler in before.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(wakeup_fd)

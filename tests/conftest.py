@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib
 import os
 import subprocess
@@ -31,7 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 ECHO_PLUGIN = Path(__file__).parent / "plugins" / "moa-echo"
 
-__all__ = ["CANARY_KEY", "EXAMPLES", "ROOT", "installed", "moa_frame_locals", "wait_until"]
+__all__ = [
+    "CANARY_KEY",
+    "EXAMPLES",
+    "ROOT",
+    "installed",
+    "moa_frame_locals",
+    "signal_thread",
+    "wait_until",
+]
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:
@@ -40,6 +49,21 @@ async def wait_until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5.0):
         while not condition():  # noqa: ASYNC110 - set by the server thread, no Event to await
             await asyncio.sleep(0.01)
+
+
+_TGKILL = {"x86_64": 234, "aarch64": 131, "i686": 270, "armv7l": 268}  # Linux syscall numbers
+
+
+def signal_thread(pid: int, tid: int, signum: int) -> None:
+    """Send `signum` to one thread (`tid`, a native thread id) of process `pid`: what the
+    kernel does with a process-directed signal when it picks that thread to run the handler.
+    Skips the test where there is no `tgkill`."""
+    machine = os.uname().machine
+    if sys.platform != "linux" or machine not in _TGKILL:
+        pytest.skip(f"thread-directed signals are only sent on Linux here, not {machine}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_TGKILL[machine], pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}, {signum}) failed")
 
 
 def moa_frame_locals(error: BaseException) -> str:

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import signal_thread, wait_until
 
 from moa._runner import DaemonExecutor, run, to_thread
 from moa.testing import FakeProvider, Reply
@@ -37,7 +37,7 @@ class Loading(Neuron):
         return Generation(text="loaded")
 
     def load(self):
-        print("loading", flush=True)
+        print("loading", threading.get_native_id(), flush=True)
         threading.Event().wait()  # a model load that never ends
 
 
@@ -63,15 +63,21 @@ HANG_GUARD = 120  # seconds: only so a broken build fails instead of hanging; ne
 
 
 @pytest.mark.parametrize(
-    ("command", "signum", "status"),
+    ("command", "signum", "status", "target"),
     [
-        ("run", signal.SIGTERM, 143),
-        ("run", signal.SIGINT, 130),
-        ("batch", signal.SIGTERM, 143),
+        ("run", signal.SIGTERM, 143, "process"),
+        ("run", signal.SIGINT, 130, "process"),
+        ("batch", signal.SIGTERM, 143, "process"),
+        ("batch", signal.SIGINT, 130, "process"),
+        # The kernel may run the handler on any thread; on the stuck worker, a Python-level
+        # handler waited for the idle main thread to wake up, for ever (issue #14, item 7).
+        ("run", signal.SIGINT, 130, "worker thread"),
+        ("run", signal.SIGTERM, 143, "worker thread"),
+        ("batch", signal.SIGINT, 130, "worker thread"),
     ],
 )
 def test_a_signal_ends_the_command_although_a_worker_thread_never_finishes(
-    command: str, signum: int, status: int, fake: FakeProvider, tmp_path: Path
+    command: str, signum: int, status: int, target: str, fake: FakeProvider, tmp_path: Path
 ) -> None:
     fake.set_default(Reply(fault="hang"))
     (tmp_path / "moa.yaml").write_text(CONFIG)
@@ -88,9 +94,13 @@ def test_a_signal_ends_the_command_although_a_worker_thread_never_finishes(
     )
     try:
         assert child.stdout is not None
-        assert child.stdout.readline().strip() == "loading"
+        loading, worker = child.stdout.readline().split()
+        assert loading == "loading"
         fake.wait_for_requests(1, timeout=HANG_GUARD)
-        child.send_signal(signum)
+        if target == "process":
+            child.send_signal(signum)
+        else:
+            signal_thread(child.pid, int(worker), signum)
         _, err = child.communicate(timeout=HANG_GUARD)
     finally:
         child.kill()
@@ -142,3 +152,36 @@ def test_the_daemon_executor_reuses_threads_and_bounds_them() -> None:
     pool.shutdown(wait=True)  # returns at once, whatever the threads do
     with pool:
         pass
+
+
+def test_run_gives_back_the_signal_handling_it_found() -> None:
+    """`run()` (process_sync) borrows SIGINT/SIGTERM and the wakeup fd for the run only;
+    a SIGINT handler the script installed itself is left in charge during the run."""
+    seen: list[int] = []
+
+    def mine(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    async def answer() -> int:
+        return 42
+
+    async def interrupted_by_itself() -> int:
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(0.05)  # the script's handler runs; the run is not cancelled
+        return 7
+
+    term_before = signal.getsignal(signal.SIGTERM)
+    fd_before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd_before)
+    assert run(answer(), sigterm=True) == 42
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is term_before
+    assert signal.set_wakeup_fd(fd_before) == fd_before
+
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        assert run(interrupted_by_itself()) == 7
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [signal.SIGINT]
