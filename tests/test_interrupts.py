@@ -74,6 +74,8 @@ HANG_GUARD = 120  # seconds: only so a broken build fails instead of hanging; ne
         ("run", signal.SIGINT, 130, "worker thread"),
         ("run", signal.SIGTERM, 143, "worker thread"),
         ("batch", signal.SIGINT, 130, "worker thread"),
+        ("eval", signal.SIGINT, 130, "worker thread"),
+        ("eval", signal.SIGTERM, 143, "process"),
     ],
 )
 def test_a_signal_ends_the_command_although_a_worker_thread_never_finishes(
@@ -82,7 +84,11 @@ def test_a_signal_ends_the_command_although_a_worker_thread_never_finishes(
     fake.set_default(Reply(fault="hang"))
     (tmp_path / "moa.yaml").write_text(CONFIG)
     (tmp_path / "in.jsonl").write_text('{"id": 1, "query": "q"}\n')
-    args = ["run", "q"] if command == "run" else ["batch", "in.jsonl", "-o", "out.jsonl"]
+    args = {
+        "run": ["run", "q"],
+        "batch": ["batch", "in.jsonl", "-o", "out.jsonl"],
+        "eval": ["eval", "in.jsonl", "--baselines", "", "--no-cache", "--no-progress"],
+    }[command]
     env = {**os.environ, "BASE_URL": fake.base_url, "MOA_MAX_RETRIES": "0"}
     child = subprocess.Popen(
         [sys.executable, "-c", CLI_CHILD, *args, "-c", "moa.yaml"],
@@ -107,8 +113,9 @@ def test_a_signal_ends_the_command_although_a_worker_thread_never_finishes(
     assert child.returncode == status, err
     assert "Error: interrupted" in err and "Traceback" not in err
     if command == "batch":  # nothing half-written; a rerun resumes
-        assert "rerun the same command to resume" in err
         assert (tmp_path / "out.jsonl").read_text() == ""
+    if command != "run":
+        assert "rerun the same command to resume" in err
     (request,) = fake.requests
     asyncio.run(wait_until(lambda: fake.requests[0].cancelled))
     assert request.model == "m/A"

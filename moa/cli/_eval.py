@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from typing import Any
 
 import click
 
+from moa._runner import run
 from moa.cli._common import fail, stderr
 
 __all__ = ["eval_command"]
@@ -149,9 +149,10 @@ def eval_command(
             await the_scorer.aclose()
 
     try:
-        evaluation = asyncio.run(go())
-    except KeyboardInterrupt:
-        fail("interrupted; rerun the same command to resume (every finished call is cached)", 130)
+        evaluation = run(go(), sigterm=True)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (moa._runner.Terminated)
+        message = "interrupted; rerun the same command to resume (every finished call is cached)"
+        fail(message, getattr(exc, "exit_code", 130))
     finally:
         if progress is not None:
             progress[0].stop()
