@@ -8,11 +8,13 @@ import contextlib
 import ctypes
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +40,23 @@ __all__ = [
     "ROOT",
     "installed",
     "moa_frame_locals",
+    "HANG_GUARD",
+    "kill_after_lines",
     "signal_thread",
     "wait_until",
 ]
 
 
+HANG_GUARD = 300.0
+"""Seconds a test waits for a child process or a condition before failing. Only so a broken
+build fails instead of hanging: never a speed bar (a busy 2-core CI machine can be 20x slower
+than an idle one, and a test must not fail for that)."""
+
+
 async def wait_until(condition: Callable[[], bool]) -> None:
     """Poll a condition on the fake server's records (it sees disconnects asynchronously);
-    fail after 5 s."""
-    async with asyncio.timeout(5.0):
+    fail after `HANG_GUARD` seconds."""
+    async with asyncio.timeout(HANG_GUARD):
         while not condition():  # noqa: ASYNC110 - set by the server thread, no Event to await
             await asyncio.sleep(0.01)
 
@@ -64,6 +74,29 @@ def signal_thread(pid: int, tid: int, signum: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(_TGKILL[machine], pid, tid, signum) != 0:
         raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}, {signum}) failed")
+
+
+def kill_after_lines(args: Sequence[str], env: Mapping[str, str], out: Path, lines: int) -> None:
+    """Run `python -m moa *args` and SIGKILL it once `out` holds `lines` whole lines: a crash
+    in the middle of a run, at a point that does not depend on the machine's speed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moa", *args],
+        env=dict(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + HANG_GUARD
+        while not (out.exists() and out.read_bytes().count(b"\n") >= lines):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, f"fewer than {lines} lines in {HANG_GUARD:g} s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
 
 
 def moa_frame_locals(error: BaseException) -> str:

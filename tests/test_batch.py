@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from moa.cli import cli
 from moa.testing import FakeProvider, RecordedRequest, Reply
-from tests.conftest import CANARY_KEY, ROOT
+from tests.conftest import CANARY_KEY, ROOT, kill_after_lines
 
 CONFIG = """
 proposal_layers:
@@ -165,25 +161,8 @@ def test_killed_run_resumes_with_every_id_exactly_once(
     fake.set_default(Reply(latency=0.05))
     child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     command = ["batch", "in.jsonl", "-o", "out.jsonl", "-c", "moa.yaml", "--concurrency", "2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moa", *command, "--no-progress"],
-        env=child_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     out = Path("out.jsonl")
-    try:
-        deadline = time.monotonic() + 60
-        while not (out.exists() and out.read_bytes().count(b"\n") >= 4):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the batch wrote nothing"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    kill_after_lines([*command, "--no-progress"], child_env, out, 4)
     data = out.read_bytes()
     assert data.endswith(b"\n")  # no half line
     first = records(out)

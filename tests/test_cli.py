@@ -22,7 +22,7 @@ from moa import Generation, Neuron, NeuronConfig, NeuronRequest, hookimpl
 from moa.cli import cli
 from moa.plugins import register_plugin, unregister_plugin
 from moa.testing import FakeProvider, Reply
-from tests.conftest import CANARY_KEY, EXAMPLES
+from tests.conftest import CANARY_KEY, EXAMPLES, HANG_GUARD
 
 CONFIG = """
 proposal_layers:
@@ -205,7 +205,7 @@ def test_validate_never_imports_litellm(tmp_path: Path) -> None:
             [sys.executable, "-c", script, "validate", str(path)],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=HANG_GUARD,
         )
         assert proc.stdout.split()[-2:] == ["NO-LITELLM", str(code)], proc.stderr
 

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import CANARY_KEY
+from conftest import CANARY_KEY, HANG_GUARD
 from pydantic import SecretStr
 
 from moa import Settings, create_moa_from_config
@@ -124,7 +124,7 @@ def test_pooled_session_closes_itself_when_the_loop_ends(fake: FakeProvider, tmp
         print(moa.process_sync("hi").content)
     """))
     out = subprocess.run([sys.executable, "-X", "dev", str(script)], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "PYTHONWARNINGS": "always"})
+                         timeout=HANG_GUARD, env={**os.environ, "PYTHONWARNINGS": "always"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["answer from m/b", "answer from m/b"]
     assert "Unclosed" not in out.stderr and "ResourceWarning" not in out.stderr, out.stderr

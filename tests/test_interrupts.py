@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import signal_thread, wait_until
+from conftest import HANG_GUARD, signal_thread, wait_until
 
 from moa._runner import DaemonExecutor, run, to_thread
 from moa.testing import FakeProvider, Reply
@@ -59,7 +59,6 @@ proposal_layers:
     - {type: loading}
 aggregation_layer: {model: "m/AGG"}
 """
-HANG_GUARD = 120  # seconds: only so a broken build fails instead of hanging; never a speed bar
 
 
 @pytest.mark.parametrize(

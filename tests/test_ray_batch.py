@@ -10,8 +10,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from moa.adapters.batch import BatchItem
 from moa.cli import cli
 from moa.testing import FakeProvider, Reply
 from tests._windows import max_in_window, rate
-from tests.conftest import CANARY_KEY, ROOT
+from tests.conftest import CANARY_KEY, ROOT, kill_after_lines
 
 # Read by Ray at import: without it Ray binds every interface and advertises the machine's
 # address; with it, every Ray process stays on 127.0.0.1.
@@ -169,23 +167,8 @@ def test_a_crashed_run_resumes(
         "batch", "in.jsonl", "-o", "out.jsonl", "-c", "moa.yaml", "--backend", "ray",
         "--actors", "2", "--concurrency", "2", "--ray-address", ray_cluster, "--no-progress",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moa", *command],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
     out = Path("out.jsonl")
-    try:
-        deadline = time.monotonic() + 120
-        while not (out.exists() and out.read_bytes().count(b"\n") >= 20):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the batch wrote nothing"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    kill_after_lines(command, env, out, 20)
     first = _ids(out)
     assert 20 <= len(first) < 200 and len(set(first)) == len(first)
     fake.set_default(Reply())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pytest
-from conftest import CANARY_KEY, signal_thread, wait_until
+from conftest import CANARY_KEY, HANG_GUARD, signal_thread, wait_until
 
 from moa import (
     AggregationFailed,
@@ -523,7 +523,6 @@ except KeyboardInterrupt:
     print("interrupted", flush=True)
     sys.exit(130)
 """
-HANG_GUARD = 120  # seconds: only so a broken build fails instead of hanging; never a speed bar
 
 
 @pytest.mark.parametrize("target", ["process", "worker thread"])

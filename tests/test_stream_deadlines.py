@@ -10,13 +10,11 @@ import time
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import HANG_GUARD, wait_until
 
 from moa import AggregationFailed, ConfigError, StreamFailed
 from moa.events import Token
 from moa.testing import FakeProvider, Reply
-
-HANG_GUARD = 60  # seconds: only so a broken build fails instead of hanging; never a speed bar
 
 
 @pytest.fixture(params=["fast", "litellm"])
