@@ -31,7 +31,7 @@ import functools
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -68,7 +68,23 @@ def current() -> LayerTrace | None:
     return _ACTIVE.get()
 
 
-class CallTrace:
+class _Span:
+    """A span used as a context manager; leaving it with an exception records the failure
+    (the no-op base records nothing)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class CallTrace(_Span):
     """The span of one model tried for one call (no-op base; see `moa.tracing._otel`).
 
     Use as a context manager around the model's attempts: leaving it with an exception
@@ -86,19 +102,8 @@ class CallTrace:
     def gave_up(self, error: NeuronError, attempts: int) -> None:
         """The model failed for good after `attempts` attempts."""
 
-    def __enter__(self) -> CallTrace:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-
-class LayerTrace:
+class LayerTrace(_Span):
     """The span of one layer (annotator, a proposal layer, the aggregation); no-op base."""
 
     def call(self, neuron: Neuron, primary: Neuron) -> CallTrace:
@@ -120,17 +125,6 @@ class LayerTrace:
     def iterate(self, stream: AsyncIterator[_T]) -> AsyncIterator[_T]:
         """`stream` with this layer active while each of its items is produced."""
         return stream
-
-    def __enter__(self) -> LayerTrace:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
 
 class RunTrace:
