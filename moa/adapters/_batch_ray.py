@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from moa.adapters.batch import BatchInputError, BatchItem, BatchSummary, _key, run_item
+from moa.adapters.batch import BatchInputError, BatchItem, BatchSummary, _key, plan_batch, run_item
 from moa.config import MoAConfig
 from moa.ratelimit import REDIS_URL_VARIABLE
 from moa.settings import Settings
@@ -136,13 +136,7 @@ def run_batch_ray(
     """Run every item not yet in `sink` on `actors` Ray actors; see the module docstring."""
     if actors < 1 or concurrency < 1:
         raise BatchInputError("--actors and --concurrency must be at least 1")
-    written, unreadable = sink.done()
-    todo = [item for item in items if _key(item.id) not in written]
-    summary = BatchSummary(
-        total=len(items), skipped=len(items) - len(todo), unreadable_output_lines=unreadable
-    )
-    if on_start is not None:
-        on_start(len(todo))
+    todo, summary, written = plan_batch(items, sink, on_start)
     if not todo:
         return summary
     sink.open()

@@ -46,6 +46,7 @@ __all__ = [
     "JsonlSink",
     "Sink",
     "parse_line",
+    "plan_batch",
     "read_items",
     "run_batch",
     "run_item",
@@ -346,6 +347,22 @@ def _failure(item: BatchItem, message: str, error_type: str, seconds: float) -> 
     }
 
 
+def plan_batch(
+    items: Sequence[BatchItem], sink: Sink, on_start: Callable[[int], None] | None = None
+) -> tuple[list[BatchItem], BatchSummary, set[str]]:
+    """The items not yet in `sink` (a resumed run skips what is written), the summary that
+    counts them, and the keys (`json.dumps(id)`) already written. Calls `on_start(n)` with
+    the number of items to run."""
+    written, unreadable = sink.done()
+    todo = [item for item in items if _key(item.id) not in written]
+    summary = BatchSummary(
+        total=len(items), skipped=len(items) - len(todo), unreadable_output_lines=unreadable
+    )
+    if on_start is not None:
+        on_start(len(todo))
+    return todo, summary, written
+
+
 async def run_batch(
     moa: MixtureOfAgents,
     items: Sequence[BatchItem],
@@ -368,13 +385,7 @@ async def run_batch(
     if concurrency < 1:
         raise BatchInputError("concurrency must be at least 1")
     sink: Sink = JsonlSink(output, sync=sync) if isinstance(output, Path) else output
-    done, unreadable = sink.done()
-    todo = [item for item in items if _key(item.id) not in done]
-    summary = BatchSummary(
-        total=len(items), skipped=len(items) - len(todo), unreadable_output_lines=unreadable
-    )
-    if on_start is not None:
-        on_start(len(todo))
+    todo, summary, _ = plan_batch(items, sink, on_start)
     if not todo:
         return summary
     process = run if run is not None else moa.process
