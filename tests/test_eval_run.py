@@ -220,3 +220,55 @@ def test_a_killed_eval_resumes_without_calling_anything_twice(
     # Every call is made once over both runs: 40 calls, as an uninterrupted run makes (at
     # most the one call in flight at the kill is asked again).
     assert 40 <= len(fake.requests) <= 40 + 1
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".parquet"])
+def test_csv_json_and_parquet_data_score_like_json_lines(setup: Path, suffix: str) -> None:
+    """README: "Each item is a line of JSON Lines (or a row of CSV / Parquet)"; a .json file
+    holds a list. The same items in each format give the same scores."""
+    records = [json.loads(line) for line in (setup / "data.jsonl").read_text().splitlines()]
+    path = setup / f"data{suffix}"
+    if suffix == ".csv":
+        lines = ["id,query,answer"] + [f"{r['id']},{r['query']},{r['answer']}" for r in records]
+        path.write_text("\n".join(lines) + "\n")
+    elif suffix == ".json":
+        path.write_text(json.dumps(records))
+    else:
+        import pyarrow  # the dev extra installs it, as the ray extra does for users
+        import pyarrow.parquet as pq
+
+        pq.write_table(pyarrow.Table.from_pylist(records), path)
+    result = CliRunner().invoke(
+        cli,
+        ["eval", path.name, "-c", "mix.yaml", "--scorer", "number", "--json", "--no-progress",
+         "--baselines", "singles"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    systems = {s["name"]: s for s in json.loads(result.stdout)["systems"]}
+    assert (systems["m/good"]["correct"], systems["m/bad"]["correct"]) == (8, 0)
+    assert systems["mixture"]["n"] == 8 and systems["mixture"]["score"] == 1.0
+
+
+def test_a_hugging_face_dataset_is_read_through_datasets(
+    setup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: `hf:NAME[:CONFIG][@SPLIT]` reads a Hugging Face dataset with `datasets`
+    installed, its `question` column as the query. NAME here is a dataset folder on disk
+    (which `datasets.load_dataset` takes like a Hub name), read offline."""
+    monkeypatch.setenv("HF_HOME", str(setup / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = setup / "sums"
+    folder.mkdir()
+    rows = [{"question": f"what is {i}+{i}?", "answer": 2 * i} for i in range(8)]
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(
+        cli,
+        ["eval", f"hf:{folder}@test", "-c", "mix.yaml", "--scorer", "number", "--json",
+         "--no-progress", "--baselines", "singles"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    systems = {s["name"]: s for s in json.loads(result.stdout)["systems"]}
+    assert (systems["m/good"]["correct"], systems["m/bad"]["correct"]) == (8, 0)
+    missing = CliRunner().invoke(cli, ["eval", f"hf:{setup / 'nope'}", "-c", "mix.yaml"])
+    assert missing.exit_code == 2 and "cannot load Hugging Face dataset" in missing.output
