@@ -104,7 +104,7 @@ async def test_a_plugin_stream_holds_its_slot_to_the_end(
             return "".join([piece async for piece in moa.stream_text("hi")])
 
         texts = await asyncio.gather(streamed(), streamed())
-    assert texts == ["one two three four"] * 2
+    assert list(texts) == ["one two three four"] * 2
     calls = fake.requests_for("c/AGG")
     assert all(c.stream for c in calls) and one_at_a_time(calls)
     assert [k.split("|")[:2] for k in backend.granted] == [["chatapi", "c/AGG"]] * 2
@@ -178,3 +178,25 @@ async def test_a_vote_neuron_is_not_counted_under_a_top_level_limit(
         "openai/meta-llama/A",
         "openai/meta-llama/B",
     ]
+
+
+async def test_moa_eval_takes_a_slot_on_a_cache_miss_only(
+    fake: FakeProvider, build: Callable[..., MixtureOfAgents], backend: Recording, tmp_path: Path
+) -> None:
+    from moa.eval.cache import CallCache, instrument
+
+    config = """
+        rate_limit: {max_concurrency: 4}
+        proposal_layers:
+          - neurons:
+            - {model: "meta-llama/A"}
+        aggregation_layer:
+          model: "meta-llama/AGG"
+        """
+    cache = CallCache(tmp_path / "calls.sqlite")
+    moa = instrument(build(config), cache)
+    await moa.process("q")
+    assert len(backend.granted) == len(fake.requests) == 2
+    await moa.process("q")  # answered from the cache: no call, no slot
+    assert len(backend.granted) == len(fake.requests) == 2 and cache.hits == 2
+    cache.close()
