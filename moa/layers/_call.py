@@ -27,7 +27,7 @@ from moa.neurons.base import Generation, Neuron, NeuronRequest
 from moa.ratelimit import Permit, RateLimit
 from moa.ratelimit._call import limited
 from moa.result import NeuronResult
-from moa.retry import Retrying, RetryPolicy, StreamLimits
+from moa.retry import Retrying, RetryPolicy, StreamLimits, _aclose
 
 __all__ = [
     "CallPlan",
@@ -111,11 +111,15 @@ async def attempt(
         return
     generation: Generation | None = None
     async with _limited(plan, request, stream=True) as permit:  # held for the whole stream
-        async for piece in plan.neuron.stream(request):
-            if isinstance(piece, Generation):
-                generation = piece
-                continue
-            yield piece
+        pieces = plan.neuron.stream(request)
+        try:
+            async for piece in pieces:
+                if isinstance(piece, Generation):
+                    generation = piece
+                    continue
+                yield piece
+        finally:
+            await _aclose(pieces)  # a stream given up on ends upstream before its slot frees
         await _settle(permit, generation)
     if generation is not None:
         yield generation
