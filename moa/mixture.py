@@ -117,10 +117,13 @@ def _call_plan(
     fallbacks: Sequence[tuple[NeuronConfig, str]] | None = None,
 ) -> CallPlan:
     """Build a neuron and decide, once, how it is called: its per-attempt timeout, retry
-    policy and fallbacks (`fallbacks`: configs and paths; default: the neuron's own
-    `fallbacks` key)."""
+    policy, fallbacks (`fallbacks`: configs and paths; default: the neuron's own
+    `fallbacks` key) and shared rate limit (its own, else the top-level default; none for a
+    neuron whose `bucket` is None)."""
     neuron = get_neuron_class(config.type).create(config, settings=settings, path=path)
-    neuron.rate_limit = config.rate_limit or top.rate_limit
+    limit = config.rate_limit or top.rate_limit
+    bucket = neuron.bucket if limit is not None else None  # None: calls no provider
+    neuron.rate_limit = limit if bucket is not None else None
     retry = top.retry
     retries = config.max_retries if config.max_retries is not None else retry.max_retries
     if fallbacks is None:
@@ -142,6 +145,8 @@ def _call_plan(
         fallbacks=tuple(
             _call_plan(c, settings, fallback_path, top, ()) for c, fallback_path in fallbacks
         ),
+        rate_limit=neuron.rate_limit,
+        bucket=bucket,
     )
 
 

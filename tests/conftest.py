@@ -185,6 +185,14 @@ def installed(source: Path, target: Path, module: str) -> Iterator[Path]:
         reload_plugins()
 
 
+@pytest.fixture(scope="module")
+def chatapi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """docs/example-plugin (moa-chatapi), installed for real for the tests of one module."""
+    example = ROOT / "docs" / "example-plugin"
+    with installed(example, tmp_path_factory.mktemp("site-packages"), "moa_chatapi") as target:
+        yield target
+
+
 @pytest.fixture(scope="session")
 def echo_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """tests/plugins/moa-echo, installed for real into a private directory for this session."""

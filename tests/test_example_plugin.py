@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,10 @@ from moa import create_moa_from_config
 from moa.cli import cli
 from moa.plugins import get_neuron_class
 from moa.testing import FakeProvider, Reply
-from tests.conftest import CANARY_KEY, ROOT, installed
+from tests.conftest import CANARY_KEY, ROOT
 
 EXAMPLE = ROOT / "docs" / "example-plugin"
 GUIDE = (ROOT / "docs" / "writing-a-plugin.md").read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def chatapi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with installed(EXAMPLE, tmp_path_factory.mktemp("site-packages"), "moa_chatapi") as target:
-        yield target
 
 
 @pytest.fixture

@@ -144,8 +144,10 @@ class NeuronConfig(BaseModel):
     )
     rate_limit: RateLimit | None = Field(
         default=None,
-        description="Limits of this neuron's provider bucket (endpoint + model + API key), "
-        "shared with every caller of that bucket; default: the top-level rate_limit.",
+        description="Limits of this neuron's provider bucket (endpoint + model + API key; a "
+        "plugin type's: type + model + key), shared with every caller of that bucket, applied "
+        "around each attempt; default: the top-level rate_limit. A neuron that calls no "
+        "provider (vote) has no bucket and is never limited.",
     )
 
     @property
@@ -383,7 +385,8 @@ class MoAConfig(BaseModel):
     rate_limit: RateLimit | None = Field(
         default=None,
         description="Default rate limit of every neuron's provider bucket (endpoint + model + "
-        "API key: each bucket gets these limits of its own).",
+        "API key: each bucket gets these limits of its own); neurons that call no provider "
+        "(vote) are not counted.",
     )
     max_cost_per_query: float | None = Field(
         default=None,

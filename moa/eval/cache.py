@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from moa.layers._call import CallPlan
+from moa.layers._call import CallPlan, limited_generate
 from moa.mixture import MixtureOfAgents
 from moa.neurons.base import Generation, Neuron, NeuronRequest, Tokenizer, TokenLimits
 from moa.result import Usage
@@ -148,12 +148,16 @@ class CallCache:
 
 class CachedNeuron(Neuron):
     """Wraps a built neuron: answers from the cache, else calls it (preparing it on the first
-    miss only, so a fully cached run loads no model) and stores the answer."""
+    miss only, so a fully cached run loads no model) and stores the answer. A miss holds a
+    slot of the rate-limit bucket of `plan` (the inner neuron's plan), a hit none."""
 
-    def __init__(self, inner: Neuron, cache: CallCache, sample: int) -> None:
+    def __init__(
+        self, inner: Neuron, cache: CallCache, sample: int, *, plan: CallPlan | None = None
+    ) -> None:
         super().__init__(inner.config)
         self.bind(settings=inner.settings, path=inner.path)
         self.inner = inner
+        self.plan = plan if plan is not None else CallPlan(inner)
         self.cache = cache
         self.sample = sample
         self._prepared = False
@@ -181,13 +185,17 @@ class CachedNeuron(Neuron):
             return generation
         await self._prepare_inner()
         started = time.perf_counter()
-        generation = await self.inner.generate(request)
+        generation = await limited_generate(self.plan, request)
         seconds = time.perf_counter() - started
         self.cache.misses += 1
         self.cache.put(key, generation, seconds)
         if calls is not None:
             calls[self.path] = CallRecord(seconds, False, _queue(generation))
         return generation
+
+    @property
+    def bucket(self) -> str | None:
+        return None  # a hit calls nothing; a miss is limited by the inner neuron's plan
 
     def tokenizer(self) -> Tokenizer | None:
         return self.inner.tokenizer()
@@ -223,8 +231,10 @@ def _cached(plan: CallPlan, cache: CallCache, sample: int) -> CallPlan:
     """The plan with its neuron and its fallbacks' neurons answering through `cache`."""
     return dataclasses.replace(
         plan,
-        neuron=CachedNeuron(plan.neuron, cache, sample),
+        neuron=CachedNeuron(plan.neuron, cache, sample, plan=plan),
         fallbacks=tuple(_cached(f, cache, sample) for f in plan.fallbacks),
+        rate_limit=None,  # the cached neuron holds a slot only on a miss
+        bucket=None,
     )
 
 

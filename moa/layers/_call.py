@@ -2,10 +2,11 @@
 
 This is the one call site of every neuron (annotator, proposal layers, aggregator). The
 mixture builds one frozen `CallPlan` per neuron (per-attempt timeout, retry policy,
-fallbacks); `attempts()` is the one attempt loop that applies it, to plain calls
-(`call_neuron`) and streamed ones (`StreamedCall`) alike, and `attempt()` is the one place
-where a single attempt reaches a neuron: anything that must happen around every upstream
-call (a tracing span, a shared rate limiter) goes there.
+fallbacks, shared rate limit); `attempts()` is the one attempt loop that applies it, to
+plain calls (`call_neuron`) and streamed ones (`StreamedCall`) alike, and `attempt()` is the
+one place where a single attempt reaches a neuron: anything that must happen around every
+upstream call (the shared rate limiter, `limited_generate`) goes there, once, whatever the
+neuron type.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -22,8 +24,10 @@ from moa import tracing
 from moa.errors import NeuronError
 from moa.errors import TimeoutError as NeuronTimeout
 from moa.neurons.base import Generation, Neuron, NeuronRequest
+from moa.ratelimit import Permit, RateLimit
+from moa.ratelimit._call import limited
 from moa.result import NeuronResult
-from moa.retry import Retrying, RetryPolicy, StreamLimits
+from moa.retry import Retrying, RetryPolicy, StreamLimits, _aclose
 
 __all__ = [
     "CallPlan",
@@ -36,6 +40,7 @@ __all__ = [
     "cut_off",
     "gather_all",
     "gather_until",
+    "limited_generate",
 ]
 
 _T = TypeVar("_T")
@@ -47,13 +52,16 @@ class CallPlan:
     `timeout` seconds (and the neuron finds it in `NeuronRequest.timeout`), a started stream
     also by `stream_limits`, retryable failures are retried under `retry`, and when the
     neuron fails for good its `fallbacks` (each with its own plan, without fallbacks of its
-    own) are tried in order."""
+    own) are tried in order. With a `rate_limit`, each attempt first waits for a slot of the
+    shared bucket named `bucket` (the neuron's `Neuron.bucket`; None: not limited)."""
 
     neuron: Neuron
     timeout: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
     fallbacks: tuple[CallPlan, ...] = ()
+    rate_limit: RateLimit | None = None
+    bucket: str | None = None
 
     @property
     def candidates(self) -> tuple[CallPlan, ...]:
@@ -94,14 +102,64 @@ def _secrets(neuron: Neuron) -> Callable[[], list[str | None]]:
 async def attempt(
     plan: CallPlan, request: NeuronRequest, *, stream: bool
 ) -> AsyncIterator[str | Generation]:
-    """One attempt: one call of `plan.neuron` (one upstream request), yielding its text
-    deltas (`stream`) and then its `Generation`. Every attempt of every neuron goes through
-    here; `attempts()` bounds it by the plan's timeout and decides what comes next."""
+    """One attempt: one call of `plan.neuron` (one upstream request) under the plan's rate
+    limit, yielding its text deltas (`stream`) and then its `Generation`. Every attempt of
+    every neuron goes through here; `attempts()` bounds it by the plan's timeout (the wait
+    for a slot included) and decides what comes next."""
+    if not stream:
+        yield await limited_generate(plan, request)
+        return
+    generation: Generation | None = None
+    async with _limited(plan, request, stream=True) as permit:  # held for the whole stream
+        pieces = plan.neuron.stream(request)
+        try:
+            async for piece in pieces:
+                if isinstance(piece, Generation):
+                    generation = piece
+                    continue
+                yield piece
+        finally:
+            await _aclose(pieces)  # a stream given up on ends upstream before its slot frees
+        await _settle(permit, generation)
+    if generation is not None:
+        yield generation
+
+
+async def limited_generate(plan: CallPlan, request: NeuronRequest) -> Generation:
+    """`plan.neuron.generate(request)` holding a slot of the plan's rate-limit bucket (for a
+    wrapper neuron that calls the neuron it wraps only sometimes, e.g. on a cache miss)."""
+    async with _limited(plan, request, stream=False) as permit:
+        generation = await plan.neuron.generate(request)
+        await _settle(permit, generation)
+    return generation
+
+
+def _limited(
+    plan: CallPlan, request: NeuronRequest, *, stream: bool
+) -> AbstractAsyncContextManager[Permit | None]:
+    """A slot of the plan's bucket for one attempt (nothing without a limit). Its tokens are
+    estimated from the messages and the neuron's `max_tokens` option, if it has one; its
+    lease (how long a slot of a caller that died stays taken) follows the attempt's timeout,
+    or the stream's total limit."""
+    if plan.rate_limit is None or plan.bucket is None:
+        return nullcontext()
+    max_tokens = getattr(plan.neuron.config, "max_tokens", None)
+    seconds = request.timeout or plan.neuron.settings.request_timeout
     if stream:
-        async for piece in plan.neuron.stream(request):
-            yield piece
-    else:
-        yield await plan.neuron.generate(request)
+        seconds = max(seconds, plan.stream_limits.total)
+    return limited(
+        plan.rate_limit,
+        plan.bucket,
+        request.messages,
+        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        attempt_seconds=seconds,
+    )
+
+
+async def _settle(permit: Permit | None, generation: Generation | None) -> None:
+    """Settle the tokens charged up front with the count the neuron reported."""
+    if permit is not None and generation is not None and generation.usage is not None:
+        await permit.settle(generation.usage.prompt_tokens + generation.usage.completion_tokens)
 
 
 async def attempts(

@@ -20,7 +20,7 @@ from typing import ClassVar, Protocol, Self
 
 from moa.config._models import NeuronConfig
 from moa.errors import ConfigError
-from moa.ratelimit import RateLimit
+from moa.ratelimit import RateLimit, bucket_key
 from moa.result import Usage
 from moa.settings import Settings
 
@@ -161,9 +161,9 @@ class Neuron(ABC):
         self.config = config
         self._settings = settings
         self.path = path if path is not None else "neuron"
-        # Limits of this neuron's provider bucket, shared with every caller of that bucket
-        # (see moa.ratelimit): the config's, or the mixture's top-level default. A neuron that
-        # calls a provider applies it around each upstream attempt (LLMNeuron does).
+        # Limits of this neuron's bucket (see `bucket`), shared with every caller of that
+        # bucket: the config's, or the mixture's top-level default. moa applies it around
+        # each attempt, whatever the neuron type; a neuron never applies it itself.
         self.rate_limit: RateLimit | None = config.rate_limit
 
     @classmethod
@@ -209,6 +209,25 @@ class Neuron(ABC):
     @property
     def weight(self) -> float:
         return self.config.weight
+
+    @property
+    def bucket(self) -> str | None:
+        """The shared rate-limit bucket this neuron's calls draw from (see `moa.ratelimit`):
+        every attempt waits for a slot of it when a `rate_limit` is in force. None: the
+        neuron calls no provider (it votes, or runs a model in this process), so no
+        `rate_limit`, not even the top-level default, applies to it.
+
+        Default: `bucket_key(type, model, key)`: the neuron type, its `model` option (else
+        its label) and a fingerprint of the first key `required_secrets()` names, so neurons
+        of one type calling one model with one key share a bucket. Override it to name the
+        service you call more precisely (an endpoint), or to return None."""
+        model = getattr(self.config, "model", None)
+        secrets = self.required_secrets()
+        return bucket_key(
+            self.config.type,
+            model if isinstance(model, str) else self.label,
+            self.settings.secret(secrets[0]) if secrets else None,
+        )
 
     async def prepare(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Called once before the first `generate` (e.g. to load a client or a model)."""

@@ -44,6 +44,10 @@ class VoteNeuron(Neuron):
     Config = VoteConfig
     config: VoteConfig
 
+    @property
+    def bucket(self) -> None:
+        return None  # calls no provider: no rate limit applies
+
     async def generate(self, request: NeuronRequest) -> Generation:
         references = request.references
         if not references:

@@ -2,7 +2,8 @@
 workers of a Ray job (one named actor), or across processes and replicas (Redis,
 `MOA_REDIS_URL`). See `moa.ratelimit._core` for the arithmetic and the bucket key.
 
-`shared_limiter()` is the limiter every LLM call goes through; it is chosen once per
+`shared_limiter()` is the limiter every rate-limited neuron call goes through (moa holds a
+slot around each attempt, `moa.layers._call.attempt`); it is chosen once per
 process: what `use_backend()` installed (a Ray batch worker installs the Ray actor unless
 `MOA_REDIS_URL` is set), else Redis when `MOA_REDIS_URL` is set, else in-process.
 """

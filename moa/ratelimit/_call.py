@@ -1,4 +1,5 @@
-"""Applying a rate limit around one upstream call (used by neurons that call a provider)."""
+"""Applying a rate limit around one upstream call: the seam between the limiter and its one
+caller, the attempt loop every neuron call goes through (`moa.layers._call.attempt`)."""
 
 from __future__ import annotations
 

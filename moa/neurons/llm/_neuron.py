@@ -27,7 +27,6 @@ from moa.neurons.llm._litellm import LiteLLMTransport, aload_litellm, load_litel
 from moa.neurons.llm._providers import providers
 from moa.neurons.llm._transport import Answer, Transport
 from moa.ratelimit import bucket_key
-from moa.ratelimit._call import limited
 from moa.result import Usage
 from moa.settings import Settings
 
@@ -157,7 +156,8 @@ class LLMNeuron(Neuron):
 
     @property
     def bucket(self) -> str:
-        """The rate-limit bucket: endpoint (or litellm provider), model, key fingerprint."""
+        """The rate-limit bucket: endpoint (or litellm provider), model, key fingerprint (moa
+        holds a slot of it around each attempt, see `moa.layers._call.attempt`)."""
         route = self.route
         return bucket_key(
             route.api_base or _provider_prefix(route.model) or "litellm",
@@ -185,36 +185,19 @@ class LLMNeuron(Neuron):
         assert self._transport is not None
         return self._transport
 
-    def _limited(self, request: NeuronRequest) -> Any:
-        """The shared rate limit around one upstream attempt (nothing without `rate_limit`)."""
-        return limited(
-            self.rate_limit,
-            self.bucket,
-            request.messages,
-            max_tokens=self.config.max_tokens,
-            attempt_seconds=self._timeout(request),
-        )
-
     async def generate(self, request: NeuronRequest) -> Generation:
         transport = await self._ready()
-        timeout = self._timeout(request)
-        async with self._limited(request) as permit:
-            failure: NeuronError | None = None
-            try:
-                answer = await transport.complete(request.messages, timeout_s=timeout)
-            except NeuronError as exc:
-                self._stamp(exc)
-                failure = exc
-            if failure is not None:
-                # With no traceback below this frame: the transports' frames held raw upstream
-                # text in their locals, and error trackers capture frame locals. (A
-                # RateLimitError's Retry-After pauses the bucket on its way out.)
-                raise failure.with_traceback(None)
-            generation = await self._generation(answer, request)
-            if permit is not None and generation.usage is not None:
-                usage = generation.usage
-                await permit.settle(usage.prompt_tokens + usage.completion_tokens)
-        return generation
+        failure: NeuronError | None = None
+        try:
+            answer = await transport.complete(request.messages, timeout_s=self._timeout(request))
+        except NeuronError as exc:
+            self._stamp(exc)
+            failure = exc
+        if failure is not None:
+            # With no traceback below this frame: the transports' frames held raw upstream
+            # text in their locals, and error trackers capture frame locals.
+            raise failure.with_traceback(None)
+        return await self._generation(answer, request)
 
     async def stream(self, request: NeuronRequest) -> AsyncIterator[str | Generation]:
         """Stream with `stream_options.include_usage` (the provider reports usage in its last
@@ -229,38 +212,34 @@ class LLMNeuron(Neuron):
         usage: tuple[int, int] | None = None
         model: str | None = None
         finished = False
-        timeout = self._timeout(request)
-        async with self._limited(request) as permit:  # held for the whole stream
-            chunks = aiter(transport.stream(request.messages, timeout_s=timeout))
-            try:
-                while True:
-                    failure: NeuronError | None = None
-                    try:
-                        chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                    except NeuronError as exc:
-                        self._stamp(exc)
-                        failure = exc
-                    if failure is not None:
-                        raise failure.with_traceback(None)
-                    usage = chunk.usage or usage
-                    model = model or chunk.model
-                    finished = finished or chunk.finished
-                    text = redactor.feed(chunk.text) if chunk.text else ""
-                    del chunk  # no raw delta in a local while waiting for the next
-                    if text:
-                        pieces.append(text)
-                        yield text
-            finally:
-                await chunks.aclose()  # type: ignore[attr-defined]
-            rest = redactor.flush()
-            if rest:
-                pieces.append(rest)
-                yield rest
-            model = redact(model) if model is not None else None
-            if permit is not None and usage is not None:
-                await permit.settle(usage[0] + usage[1])
+        chunks = aiter(transport.stream(request.messages, timeout_s=self._timeout(request)))
+        try:
+            while True:
+                failure: NeuronError | None = None
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except NeuronError as exc:
+                    self._stamp(exc)
+                    failure = exc
+                if failure is not None:
+                    raise failure.with_traceback(None)
+                usage = chunk.usage or usage
+                model = model or chunk.model
+                finished = finished or chunk.finished
+                text = redactor.feed(chunk.text) if chunk.text else ""
+                del chunk  # no raw delta in a local while waiting for the next
+                if text:
+                    pieces.append(text)
+                    yield text
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        rest = redactor.flush()
+        if rest:
+            pieces.append(rest)
+            yield rest
+        model = redact(model) if model is not None else None
         text = "".join(pieces)
         if not text.strip():
             raise self._error(InvalidResponseError, "the provider streamed no content")

@@ -164,6 +164,12 @@ class LlamaCppNeuron(Neuron):
         """The shared, process-wide model this neuron runs on."""
         return shared_model(self.key)
 
+    @property
+    def bucket(self) -> None:
+        """None: the model runs in this process, so no provider rate limit applies (its
+        `n_parallel` slots bound the calls in flight)."""
+        return None
+
     async def prepare(self) -> None:
         """Load the model (off the event loop) before the first call."""
         await self.model.load()

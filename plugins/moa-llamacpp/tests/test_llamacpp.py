@@ -218,6 +218,15 @@ def test_local_preset_is_a_valid_mixture_of_llamacpp_neurons() -> None:
     assert len({getattr(n, "temperature", None) for n in proposers}) == 3
 
 
+@needs_model
+def test_a_top_level_rate_limit_does_not_count_a_local_model() -> None:
+    """It calls no provider: its `bucket` is None, so no rate limit applies to it."""
+    preset = yaml.safe_load(LOCAL_PRESET.read_text(encoding="utf-8"))
+    preset["rate_limit"] = {"requests_per_minute": 1}
+    moa = create_moa_from_config(preset, is_file_path=False)
+    assert all(n.bucket is None and n.rate_limit is None for n in moa.neurons)
+
+
 def test_label_is_the_name_or_the_model_file() -> None:
     assert LlamaCppConfig().label == Path(DEFAULT_GGUF).stem
     assert LlamaCppConfig(model_path="/m/qwen.gguf").label == "qwen"
