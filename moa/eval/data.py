@@ -140,7 +140,7 @@ def load_hf(
 ) -> list[EvalItem]:
     """Items of a Hugging Face dataset: `NAME[:CONFIG][@SPLIT]` (default split: test)."""
     try:
-        import datasets  # type: ignore[import-not-found,unused-ignore]
+        import datasets
     except ModuleNotFoundError:
         raise EvalDataError(
             "hf: datasets need the `datasets` package: pip install datasets"
