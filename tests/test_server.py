@@ -389,3 +389,29 @@ def test_moa_serve_without_the_server_extra(monkeypatch: pytest.MonkeyPatch) -> 
     result = CliRunner().invoke(cli, ["serve", "-c", "x.yaml"])
     assert result.exit_code == 2
     assert "pip install 'moa-llm[server]'" in result.stderr and "uvicorn" in result.stderr
+
+
+def test_moa_serve_without_config_serves_the_default_mixture_as_moa(
+    fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, "Command line": without `-c`, `moa serve` serves moa's default mixture as model
+    `moa` and says on stderr which one (with a key set: the example config)."""
+    import uvicorn
+    from click.testing import CliRunner
+    from starlette.testclient import TestClient
+
+    from moa.cli import cli
+
+    monkeypatch.setenv("BASE_URL", fake.base_url)
+    monkeypatch.setenv("PROVIDER_API_KEY", CANARY_KEY)
+    started: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert "using the example config" in result.stderr and "serving moa " in result.stderr
+    with TestClient(started["app"]) as http:
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["moa"]
+        body = {"model": "moa", "messages": [{"role": "user", "content": "x"}]}
+        answer = http.post("/v1/chat/completions", json=body).json()
+    expected = "answer from meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo"
+    assert answer["choices"][0]["message"]["content"] == expected
