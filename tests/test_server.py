@@ -142,6 +142,23 @@ def test_sync_client_non_streaming(server: ServerThread, fake: FakeProvider) -> 
     assert {"role": "system", "content": "Be brief."} in request.messages
 
 
+def test_every_role_readme_lists_is_accepted(server: ServerThread, fake: FakeProvider) -> None:
+    """README's route table: `system`, `developer`, `user`, `assistant` (a developer turn is
+    a system turn to the models)."""
+    script_mix(fake)
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ]
+    completion = client(server).chat.completions.create(model="mix", messages=messages)  # type: ignore[arg-type]
+    assert completion.choices[0].message.content == "Rayleigh scattering."
+    request = fake.requests_for("meta-llama/A")[0]
+    assert {"role": "system", "content": "Be brief."} in request.messages
+    assert {"role": "assistant", "content": "Hello."} in request.messages
+
+
 def test_sync_client_streaming_with_usage(server: ServerThread, fake: FakeProvider) -> None:
     script_mix(fake)
     stream = client(server).chat.completions.create(
