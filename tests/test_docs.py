@@ -108,10 +108,23 @@ def test_readme_snippets_run(fake: FakeProvider, tmp_path: Path, heading: str) -
         assert "proposal_layers[0].neurons[1] -> aggregation_layer: kept 400 of" in out.stdout
 
 
-def test_readme_fake_neurons_example_runs(tmp_path: Path) -> None:
-    """The `moa_fake_neurons` example, run by pytest as a user's test file would be."""
-    (example,) = [b for b in python_blocks("Testing your own mixtures") if "moa_fake_neurons" in b]
-    (tmp_path / "test_readme_example.py").write_text(example)
+MY_CONFIG = """\
+retry: {max_retries: 0}
+proposal_layers:
+  - neurons:
+    - {model: "meta-llama/A", prompt: "my system prompt"}
+    - {model: "meta-llama/B"}
+aggregation_layer: {model: "meta-llama/AGG"}
+"""
+
+
+def test_readme_testing_examples_run(tmp_path: Path) -> None:
+    """Both "Testing your own mixtures" examples, run by pytest as a user's test files would
+    be (the first with a `my_config.yaml` that fits it: no retry of B's 429)."""
+    first, second = python_blocks("Testing your own mixtures")
+    (tmp_path / "test_readme_provider.py").write_text(first)
+    (tmp_path / "test_readme_neurons.py").write_text(second)
+    (tmp_path / "my_config.yaml").write_text(MY_CONFIG)
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto"],
         cwd=tmp_path,
@@ -120,7 +133,7 @@ def test_readme_fake_neurons_example_runs(tmp_path: Path) -> None:
         timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "1 passed" in out.stdout
+    assert "2 passed" in out.stdout
 
 
 def test_readme_function_neuron_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -142,6 +142,23 @@ def test_sync_client_non_streaming(server: ServerThread, fake: FakeProvider) -> 
     assert {"role": "system", "content": "Be brief."} in request.messages
 
 
+def test_every_role_readme_lists_is_accepted(server: ServerThread, fake: FakeProvider) -> None:
+    """README's route table: `system`, `developer`, `user`, `assistant` (a developer turn is
+    a system turn to the models)."""
+    script_mix(fake)
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ]
+    completion = client(server).chat.completions.create(model="mix", messages=messages)  # type: ignore[arg-type]
+    assert completion.choices[0].message.content == "Rayleigh scattering."
+    request = fake.requests_for("meta-llama/A")[0]
+    assert {"role": "system", "content": "Be brief."} in request.messages
+    assert {"role": "assistant", "content": "Hello."} in request.messages
+
+
 def test_sync_client_streaming_with_usage(server: ServerThread, fake: FakeProvider) -> None:
     script_mix(fake)
     stream = client(server).chat.completions.create(
@@ -389,3 +406,29 @@ def test_moa_serve_without_the_server_extra(monkeypatch: pytest.MonkeyPatch) -> 
     result = CliRunner().invoke(cli, ["serve", "-c", "x.yaml"])
     assert result.exit_code == 2
     assert "pip install 'moa-llm[server]'" in result.stderr and "uvicorn" in result.stderr
+
+
+def test_moa_serve_without_config_serves_the_default_mixture_as_moa(
+    fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, "Command line": without `-c`, `moa serve` serves moa's default mixture as model
+    `moa` and says on stderr which one (with a key set: the example config)."""
+    import uvicorn
+    from click.testing import CliRunner
+    from starlette.testclient import TestClient
+
+    from moa.cli import cli
+
+    monkeypatch.setenv("BASE_URL", fake.base_url)
+    monkeypatch.setenv("PROVIDER_API_KEY", CANARY_KEY)
+    started: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert "using the example config" in result.stderr and "serving moa " in result.stderr
+    with TestClient(started["app"]) as http:
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["moa"]
+        body = {"model": "moa", "messages": [{"role": "user", "content": "x"}]}
+        answer = http.post("/v1/chat/completions", json=body).json()
+    expected = "answer from meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo"
+    assert answer["choices"][0]["message"]["content"] == expected
