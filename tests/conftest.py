@@ -30,6 +30,13 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 
+# A job started in the background by a shell without job control (`bash script &`, as some
+# CI runners do) ignores SIGINT, and every process it starts inherits that: Ctrl-C would do
+# nothing in the children the interrupt tests start. They are about a terminal's Ctrl-C, so
+# the suite gives SIGINT back its default (children then start with Python's handler).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 ECHO_PLUGIN = Path(__file__).parent / "plugins" / "moa-echo"
