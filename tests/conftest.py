@@ -48,6 +48,8 @@ __all__ = [
     "installed",
     "moa_frame_locals",
     "HANG_GUARD",
+    "LOADING_NEURON",
+    "interrupt",
     "kill_after_lines",
     "signal_thread",
     "wait_until",
@@ -104,6 +106,50 @@ def kill_after_lines(args: Sequence[str], env: Mapping[str, str], out: Path, lin
         proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+LOADING_NEURON = """
+import asyncio, sys, threading
+from typing import Literal
+from moa import Generation, Neuron, NeuronConfig, hookimpl
+from moa.plugins import register_plugin
+
+
+class Loading(Neuron):
+    \"\"\"Loads its model in a worker thread, as a local-model neuron does; this load never
+    ends (a stuck import, a download that hangs). Prints its thread's native id.\"\"\"
+
+    class Config(NeuronConfig):
+        type: Literal["loading"] = "loading"
+
+    async def generate(self, request):
+        await asyncio.to_thread(self.load)
+        return Generation(text="loaded")
+
+    def load(self):
+        print("loading", threading.get_native_id(), flush=True)
+        threading.Event().wait()
+
+
+class Plugin:
+    @hookimpl
+    def register_neurons(self, register):
+        register("loading", Loading)
+
+
+register_plugin(Plugin(), name="loading")
+"""
+"""The start of a child script for the interrupt tests: neuron type `loading`, whose model
+load in a worker thread never ends; it prints `loading <native thread id>` when it starts."""
+
+
+def interrupt(child: subprocess.Popen[str], signum: int, target: str, worker: int) -> None:
+    """Send `signum` to `child` ("process") or to its thread `worker` ("worker thread": where
+    the kernel may deliver a process's signal)."""
+    if target == "process":
+        child.send_signal(signum)
+    else:
+        signal_thread(child.pid, worker, signum)
 
 
 def moa_frame_locals(error: BaseException) -> str:

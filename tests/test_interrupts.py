@@ -16,38 +16,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, signal_thread, wait_until
+from conftest import HANG_GUARD, LOADING_NEURON, interrupt, wait_until
 
 from moa._runner import DaemonExecutor, run, to_thread
 from moa.testing import FakeProvider, Reply
 
-CLI_CHILD = """
-import asyncio, sys, threading
-from typing import Literal
-from moa import Generation, Neuron, NeuronConfig, hookimpl
-from moa.plugins import register_plugin
-
-
-class Loading(Neuron):
-    class Config(NeuronConfig):
-        type: Literal["loading"] = "loading"
-
-    async def generate(self, request):
-        await asyncio.to_thread(self.load)
-        return Generation(text="loaded")
-
-    def load(self):
-        print("loading", threading.get_native_id(), flush=True)
-        threading.Event().wait()  # a model load that never ends
-
-
-class Plugin:
-    @hookimpl
-    def register_neurons(self, register):
-        register("loading", Loading)
-
-
-register_plugin(Plugin(), name="loading")
+CLI_CHILD = LOADING_NEURON + """
 from moa.cli import main
 
 main(sys.argv[1:])
@@ -102,10 +76,7 @@ def test_a_signal_ends_the_command_although_a_worker_thread_never_finishes(
         loading, worker = child.stdout.readline().split()
         assert loading == "loading"
         fake.wait_for_requests(1, timeout=HANG_GUARD)
-        if target == "process":
-            child.send_signal(signum)
-        else:
-            signal_thread(child.pid, int(worker), signum)
+        interrupt(child, signum, target, int(worker))
         _, err = child.communicate(timeout=HANG_GUARD)
     finally:
         child.kill()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pytest
-from conftest import CANARY_KEY, HANG_GUARD, signal_thread, wait_until
+from conftest import CANARY_KEY, HANG_GUARD, LOADING_NEURON, interrupt, wait_until
 
 from moa import (
     AggregationFailed,
@@ -483,36 +483,9 @@ async def test_plugin_neurons_get_retries_timeouts_and_fallbacks(build: Build) -
     assert "proposal_layers[0].neurons[1].fallbacks[0]" in Flaky.prepared
 
 
-CTRL_C_CHILD = """
-import asyncio, sys, threading
-from typing import Literal
-from moa import Generation, Neuron, NeuronConfig, Settings, create_moa_from_config, hookimpl
-from moa.plugins import register_plugin
+CTRL_C_CHILD = LOADING_NEURON + """
+from moa import Settings, create_moa_from_config
 
-
-class Loading(Neuron):
-    \"\"\"Loads its model in a worker thread, as a local-model neuron does; this load never
-    ends (a stuck import, a download that hangs).\"\"\"
-
-    class Config(NeuronConfig):
-        type: Literal["loading"] = "loading"
-
-    async def generate(self, request):
-        await asyncio.to_thread(self.load)
-        return Generation(text="loaded")
-
-    def load(self):
-        print("loading", threading.get_native_id(), flush=True)
-        threading.Event().wait()
-
-
-class Plugin:
-    @hookimpl
-    def register_neurons(self, register):
-        register("loading", Loading)
-
-
-register_plugin(Plugin(), name="loading")
 neurons = [{"model": "m/A"}, {"model": "m/B"}, {"model": "m/C"}, {"type": "loading"}]
 config = {"proposal_layers": [{"neurons": neurons}], "aggregation_layer": {"model": "m/AGG"}}
 mixture = create_moa_from_config(config, settings=Settings(base_url=sys.argv[1]))
@@ -553,10 +526,7 @@ def test_ctrl_c_during_process_sync_cancels_cleanly(
         loading, worker = child.stdout.readline().split()
         assert loading == "loading"
         fake.wait_for_requests(3, timeout=HANG_GUARD)
-        if target == "process":
-            child.send_signal(signal.SIGINT)
-        else:
-            signal_thread(child.pid, int(worker), signal.SIGINT)
+        interrupt(child, signal.SIGINT, target, int(worker))
         out, err = child.communicate(timeout=HANG_GUARD)
     finally:
         child.kill()
